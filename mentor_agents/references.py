@@ -1,0 +1,132 @@
+"""Reward references: what the teacher did on each task, in the form the reward reads."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from mentor_agents.tasks import ExactMatch, NumericMatch, Verdict
+from mentor_agents.traces import SCHEMA_VERSION, Trace, read_jsonl, write_jsonl_atomic
+
+
+class CallReference(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    args: dict[str, Any]
+
+
+class RewardReference(BaseModel):
+    """The teacher's solution of one task: its tool-name set, its ordered calls, its answer and the ground truth."""
+
+    model_config = ConfigDict(extra="forbid")
+    schema_version: int = SCHEMA_VERSION
+    task_id: str
+    task_input: str
+    system_prompt: str | None = None
+    tools: list[dict[str, Any]] = []
+    teacher_tools: list[str]
+    """Sorted, de-duplicated names of the tools the teacher called."""
+    teacher_calls: list[CallReference]
+    teacher_answer: str | None
+    ground_truth: Any = None
+    verifier: ExactMatch | NumericMatch | None = Field(default=None, discriminator="kind")
+    verdict: Verdict = "unknown"
+
+    @property
+    def tool_names(self) -> set[str]:
+        """Names of every tool offered to the agent."""
+        return {schema["function"]["name"] for schema in self.tools if "function" in schema}
+
+    @classmethod
+    def from_trace(cls, trace: Trace) -> RewardReference:
+        calls = [CallReference(name=call.name, args=call.args) for call in trace.tool_calls]
+        return cls(
+            task_id=trace.task_id,
+            task_input=trace.task_input,
+            system_prompt=trace.system_prompt,
+            tools=trace.tools,
+            teacher_tools=sorted({call.name for call in calls}),
+            teacher_calls=calls,
+            teacher_answer=trace.final_answer,
+            ground_truth=trace.ground_truth,
+            verifier=trace.verifier,
+            verdict=trace.verdict,
+        )
+
+
+def build_references(traces: Iterable[Trace], keep: Iterable[Verdict] = ("correct",)) -> list[RewardReference]:
+    """One reference per task, from the first trace whose verdict is in ``keep`` and that did not fail.
+
+    Pass ``keep=("correct", "unknown")`` for tasks that have no verifier.
+    """
+    kept = set(keep)
+    references: dict[str, RewardReference] = {}
+    for trace in traces:
+        if trace.error is None and trace.verdict in kept and trace.task_id not in references:
+            references[trace.task_id] = RewardReference.from_trace(trace)
+    return list(references.values())
+
+
+def save_references(references: list[RewardReference], path: str | Path) -> None:
+    write_jsonl_atomic(Path(path), references)
+
+
+def load_references(path: str | Path, skip_invalid: bool = False) -> list[RewardReference]:
+    """References from a JSONL file; an invalid line raises `TraceFileError` naming the file, line and field."""
+    references, _ = read_jsonl(Path(path), RewardReference, skip_invalid)
+    return references
+
+
+@dataclass
+class TeacherSummary:
+    traces: int
+    failed: int
+    verdicts: dict[str, int]
+    success_rate: float | None
+    """Correct over checked (correct + wrong) traces; None when nothing could be checked."""
+    calls_per_task: float
+    tool_counts: dict[str, int] = field(default_factory=dict)
+    parsed_from_text: int = 0
+    mean_duration_s: float = 0.0
+
+    def __str__(self) -> str:
+        rate = "n/a" if self.success_rate is None else f"{self.success_rate:.1%}"
+        lines = [
+            "| metric | value |",
+            "|---|---|",
+            f"| traces | {self.traces} |",
+            f"| failed runs | {self.failed} |",
+            f"| verdicts | " + ", ".join(f"{k} {v}" for k, v in sorted(self.verdicts.items())) + " |",
+            f"| teacher success rate | {rate} |",
+            f"| tool calls per task | {self.calls_per_task:.2f} |",
+            f"| calls parsed from text | {self.parsed_from_text} |",
+            f"| mean run time | {self.mean_duration_s:.2f} s |",
+            "",
+            "| tool | calls |",
+            "|---|---|",
+        ]
+        lines += [f"| {name} | {count} |" for name, count in sorted(self.tool_counts.items(), key=lambda kv: -kv[1])]
+        return "\n".join(lines)
+
+
+def summarize(traces: Iterable[Trace]) -> TeacherSummary:
+    """The teacher's success rate, calls per task and tool distribution over ``traces``."""
+    traces = list(traces)
+    verdicts = Counter(trace.verdict for trace in traces if trace.error is None)
+    checked = verdicts["correct"] + verdicts["wrong"]
+    calls = [call for trace in traces for call in trace.tool_calls]
+    completed = [trace for trace in traces if trace.error is None]
+    return TeacherSummary(
+        traces=len(traces),
+        failed=sum(trace.error is not None for trace in traces),
+        verdicts=dict(verdicts),
+        success_rate=verdicts["correct"] / checked if checked else None,
+        calls_per_task=len(calls) / len(completed) if completed else 0.0,
+        tool_counts=dict(Counter(call.name for call in calls)),
+        parsed_from_text=sum(call.parsed_from_text for call in calls),
+        mean_duration_s=sum(t.duration_s for t in completed) / len(completed) if completed else 0.0,
+    )

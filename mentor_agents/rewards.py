@@ -1,0 +1,200 @@
+"""The MENTOR teacher-guided reward (arXiv 2510.18383), its ablations, and opt-in extensions.
+
+Paper-exact, following the reference code (choics2623/MENTOR-RL, ``reward_score/mentor*.py``). With C = the answer
+is correct, T = the teacher's tool-name set, S = the student's, H = the student named no tool outside the agent's:
+
+- 0.0 if the rollout did not finish (cut off by the token budget or the turn limit);
+- 0.1 if it has no final answer, or the reference has no teacher tools;
+- otherwise, by name:
+
+  ==========  ================================================  =====
+  name        value                                             max
+  ==========  ================================================  =====
+  mentor      0.7C + 0.3·[S = T ≠ ∅]·(C + 0.2(1-C)) + 0.1H      1.1
+  sparse      1.0 if C else 0.1                                 1.0
+  overlap     0.7C + 0.3·[S ∩ T ≠ ∅]·(C + 0.2(1-C))             1.0
+  no_match    0.7C + 0.1H                                       0.8
+  f1          0.7C + 0.3·F1(S, T)·(C + 0.2(1-C)) + 0.1H         1.1
+  ==========  ================================================  =====
+
+Every function is pure: ``(rollout, reference) -> RewardResult``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Literal
+
+from mentor_agents.references import RewardReference
+from mentor_agents.rollouts import Rollout
+from mentor_agents.tasks import ExactMatch
+
+RewardName = Literal["mentor", "sparse", "overlap", "no_match", "f1"]
+REWARD_NAMES: tuple[str, ...] = ("mentor", "sparse", "overlap", "no_match", "f1")
+
+UNFINISHED = 0.0
+NO_ANSWER = 0.1
+
+
+@dataclass(frozen=True)
+class RewardResult:
+    value: float
+    breakdown: dict[str, float]
+
+
+def is_correct(
+    rollout: Rollout, reference: RewardReference, verify: Callable[[str, Any], bool] | None = None
+) -> bool:
+    """Check the answer with ``verify``, else the reference's verifier, against the ground truth.
+
+    Without a ground truth the teacher's (verified) answer is the target.
+    """
+    answer = rollout.final_answer or ""
+    target = reference.ground_truth if reference.ground_truth is not None else reference.teacher_answer
+    if target is None:
+        return False
+    check = verify or reference.verifier or ExactMatch()
+    return bool(check(answer, target))
+
+
+def set_f1(student: set[str], teacher: set[str]) -> float:
+    overlap = len(student & teacher)
+    if overlap == 0:
+        return 0.0
+    precision, recall = overlap / len(student), overlap / len(teacher)
+    return 2 * precision * recall / (precision + recall)
+
+
+def score(
+    name: RewardName,
+    rollout: Rollout,
+    reference: RewardReference,
+    verify: Callable[[str, Any], bool] | None = None,
+) -> RewardResult:
+    """The reward ``name`` (see the module docstring) of one rollout against its reference."""
+    if name not in REWARD_NAMES:
+        raise ValueError(f"unknown reward {name!r}; choose one of {', '.join(REWARD_NAMES)}")
+    if not rollout.finished:
+        return RewardResult(UNFINISHED, {"gate": UNFINISHED})
+    if not (rollout.final_answer or "").strip() or not reference.teacher_tools:
+        return RewardResult(NO_ANSWER, {"gate": NO_ANSWER})
+
+    correct = float(is_correct(rollout, reference, verify))
+    student, teacher = rollout.tool_names, set(reference.teacher_tools)
+    no_hallucination = float(student <= reference.tool_names) if reference.tools else 1.0
+    wrong_scale = correct + 0.2 * (1 - correct)
+
+    if name == "sparse":
+        return RewardResult(1.0 if correct else 0.1, {"correct": correct})
+    if name == "mentor":
+        match = float(bool(student) and student == teacher)
+    elif name == "overlap":
+        match = float(bool(student & teacher))
+    elif name == "f1":
+        match = set_f1(student, teacher)
+    else:
+        match = 0.0
+
+    breakdown = {"correct": correct, "tool_match": match, "no_hallucination": no_hallucination}
+    value = 0.7 * correct + 0.3 * match * wrong_scale
+    if name != "overlap":
+        value += 0.1 * no_hallucination
+    return RewardResult(round(value, 10), breakdown)
+
+
+def argument_match(rollout: Rollout, reference: RewardReference) -> float:
+    """Share of teacher calls that the student made with the same name and equal arguments (numbers compared
+    with a relative tolerance of 1e-6)."""
+    if not reference.teacher_calls:
+        return 0.0
+    remaining = list(rollout.tool_calls)
+    matched = 0
+    for target in reference.teacher_calls:
+        for i, call in enumerate(remaining):
+            if call.name == target.name and same_value(call.args, target.args):
+                matched += 1
+                del remaining[i]
+                break
+    return matched / len(reference.teacher_calls)
+
+
+def same_value(a: Any, b: Any) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a == b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_value(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def order_match(rollout: Rollout, reference: RewardReference) -> float:
+    """Longest common subsequence of the student's and teacher's call-name sequences, over the longer one."""
+    student = [call.name for call in rollout.tool_calls]
+    teacher = [call.name for call in reference.teacher_calls]
+    if not student or not teacher:
+        return 0.0
+    previous = [0] * (len(teacher) + 1)
+    for s in student:
+        current = [0]
+        for j, t in enumerate(teacher):
+            current.append(previous[j] + 1 if s == t else max(previous[j + 1], current[j]))
+        previous = current
+    return previous[-1] / max(len(student), len(teacher))
+
+
+def efficiency(rollout: Rollout, reference: RewardReference) -> float:
+    """1 when the student used no more calls than the teacher, falling as teacher calls / student calls."""
+    used = len(rollout.tool_calls)
+    if used == 0:
+        return 0.0
+    return min(1.0, len(reference.teacher_calls) / used)
+
+
+@dataclass(frozen=True)
+class TeacherGuidedReward:
+    """A named reward plus opt-in extension terms and reward-hacking guards.
+
+    The defaults are the paper-exact MENTOR reward. Each ``*_weight`` adds that term (a value in [0, 1], times the
+    weight) once the gates pass. ``max_calls_factor`` caps the reward at 0.1 when the student made more than
+    ``max_calls_factor`` times as many calls as the teacher (tool spam). ``min_answer_chars`` treats shorter answers
+    as missing.
+    """
+
+    name: RewardName = "mentor"
+    argument_weight: float = 0.0
+    order_weight: float = 0.0
+    efficiency_weight: float = 0.0
+    max_calls_factor: float | None = None
+    min_answer_chars: int = 1
+    verify: Callable[[str, Any], bool] | None = None
+
+    def __call__(self, rollout: Rollout, reference: RewardReference) -> RewardResult:
+        if rollout.finished and len((rollout.final_answer or "").strip()) < self.min_answer_chars:
+            return RewardResult(NO_ANSWER, {"gate": NO_ANSWER, "guard_short_answer": 1.0})
+        result = score(self.name, rollout, reference, self.verify)
+        if "gate" in result.breakdown:
+            return result
+        value, breakdown = result.value, dict(result.breakdown)
+        for weight, term in (
+            (self.argument_weight, argument_match),
+            (self.order_weight, order_match),
+            (self.efficiency_weight, efficiency),
+        ):
+            if weight:
+                breakdown[term.__name__] = term(rollout, reference)
+                value += weight * breakdown[term.__name__]
+        if self.max_calls_factor is not None:
+            spam = len(rollout.tool_calls) > self.max_calls_factor * max(1, len(reference.teacher_calls))
+            breakdown["guard_tool_spam"] = float(spam)
+            if spam:
+                value = min(value, NO_ANSWER)
+        return RewardResult(round(value, 10), breakdown)
+
+    @property
+    def max_value(self) -> float:
+        base = {"mentor": 1.1, "sparse": 1.0, "overlap": 1.0, "no_match": 0.8, "f1": 1.1}[self.name]
+        return base + self.argument_weight + self.order_weight + self.efficiency_weight

@@ -1,0 +1,168 @@
+"""Tool calls written as text: the Hermes/Qwen ``<tool_call>`` format, Llama-3 JSON, the Phi ``functools[...]`` /
+``<|tool_call|>`` formats, fenced JSON and bare ``{"name", "arguments"}`` objects.
+
+Used to parse student generations, and, in lenient mode, teachers that answer with calls in ``content``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+HERMES_BLOCK = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.DOTALL)
+PHI_BLOCK = re.compile(r"<\|tool_call\|>(.*?)(?:<\|/tool_call\|>|$)", re.DOTALL)
+FENCED_BLOCK = re.compile(r"```(?:json|tool_call|tool_code)?\s*\n?(.*?)```", re.DOTALL)
+MARKERS = ("<tool_call>", "<|tool_call|>", "functools[", "<|python_tag|>")
+
+
+@dataclass
+class ParsedCall:
+    name: str
+    arguments: dict[str, Any]
+    id: str = field(default_factory=lambda: new_call_id())
+
+
+@dataclass
+class InvalidCall:
+    """A call-shaped piece of text that could not be turned into a call; ``error`` says why."""
+
+    text: str
+    error: str
+    name: str | None = None
+
+
+@dataclass
+class ParsedMessage:
+    content: str
+    """The text with the parsed call markup removed."""
+    calls: list[ParsedCall]
+    invalid: list[InvalidCall]
+
+
+def new_call_id() -> str:
+    return "call_" + uuid.uuid4().hex[:24]
+
+
+def parse_tool_calls(text: str, allowed: Iterable[str] | None = None, lenient: bool = False) -> ParsedMessage:
+    """Extract tool calls from model text.
+
+    Explicit markup (``<tool_call>``, ``<|tool_call|>``, ``functools[``) is always parsed. With ``lenient=True``,
+    fenced JSON blocks and bare JSON objects shaped like ``{"name": ..., "arguments"|"parameters": {...}}`` are
+    accepted as well, which is how many small models behind OpenAI endpoints write their calls.
+
+    When ``allowed`` is given, a call to any other name is reported as invalid rather than returned; in lenient mode
+    a bare object naming an unknown tool is left in the content as ordinary text.
+    """
+    allowed_names = set(allowed) if allowed is not None else None
+    calls: list[ParsedCall] = []
+    invalid: list[InvalidCall] = []
+    spans: list[tuple[int, int]] = []
+
+    def accept(payload: Any, raw: str, explicit: bool) -> bool:
+        items = payload if isinstance(payload, list) else [payload]
+        found: list[ParsedCall] = []
+        for item in items:
+            call = as_call(item)
+            if isinstance(call, str):
+                if explicit:
+                    invalid.append(InvalidCall(raw.strip(), call))
+                    continue
+                return False
+            if allowed_names is not None and call.name not in allowed_names:
+                if explicit:
+                    invalid.append(InvalidCall(raw.strip(), f"unknown tool {call.name!r}", call.name))
+                    continue
+                return False
+            found.append(call)
+        calls.extend(found)
+        return True
+
+    for pattern in (HERMES_BLOCK, PHI_BLOCK):
+        for m in pattern.finditer(text):
+            spans.append(m.span())
+            body = m.group(1).strip()
+            payload, error = load_json(body)
+            if error:
+                invalid.append(InvalidCall(body, error))
+            else:
+                accept(payload, body, explicit=True)
+
+    for m in re.finditer(r"functools\s*(\[)", text):
+        payload, end = decode_at(text, m.start(1))
+        if payload is None:
+            invalid.append(InvalidCall(text[m.start():], "functools[...] is not a valid JSON list"))
+            spans.append((m.start(), len(text)))
+        else:
+            spans.append((m.start(), end))
+            accept(payload, text[m.start(1):end], explicit=True)
+
+    if lenient and not spans:
+        for m in FENCED_BLOCK.finditer(text):
+            payload, error = load_json(m.group(1).strip())
+            if not error and accept(payload, m.group(1), explicit=False):
+                spans.append(m.span())
+        if not spans:
+            for start, end, payload in bare_json_values(text):
+                if accept(payload, text[start:end], explicit=False):
+                    spans.append((start, end))
+
+    content = text
+    for start, end in sorted(spans, reverse=True):
+        content = content[:start] + content[end:]
+    content = content.replace("<|python_tag|>", "").strip()
+    return ParsedMessage(content=content, calls=calls, invalid=invalid)
+
+
+def as_call(item: Any) -> ParsedCall | str:
+    """A `ParsedCall` from ``{"name", "arguments"|"parameters"}``, or the reason it is not one."""
+    if not isinstance(item, dict):
+        return f"expected a JSON object with 'name' and 'arguments', got {type(item).__name__}"
+    if "function" in item and isinstance(item["function"], dict):
+        item = item["function"]
+    name = item.get("name")
+    if not isinstance(name, str) or not name:
+        return "the call has no 'name' string"
+    args = item.get("arguments", item.get("parameters", {}))
+    if isinstance(args, str):
+        args, error = load_json(args) if args.strip() else ({}, None)
+        if error:
+            return f"arguments of {name!r} are not valid JSON: {error}"
+    if not isinstance(args, dict):
+        return f"arguments of {name!r} must be a JSON object, got {type(args).__name__}"
+    return ParsedCall(name=name, arguments=args)
+
+
+def load_json(text: str) -> tuple[Any, str | None]:
+    try:
+        return json.loads(text), None
+    except json.JSONDecodeError as e:
+        return None, f"{e.msg} at line {e.lineno} column {e.colno}"
+    except RecursionError:
+        return None, "JSON nested too deeply"
+
+
+def decode_at(text: str, start: int) -> tuple[Any, int]:
+    try:
+        return json.JSONDecoder().raw_decode(text, start)
+    except (json.JSONDecodeError, RecursionError):
+        return None, start
+
+
+def bare_json_values(text: str) -> list[tuple[int, int, Any]]:
+    """Top-level JSON objects or lists embedded in prose, as (start, end, value)."""
+    found = []
+    position = 0
+    while True:
+        starts = [i for i in (text.find("{", position), text.find("[", position)) if i >= 0]
+        if not starts:
+            return found
+        start = min(starts)
+        value, end = decode_at(text, start)
+        if value is None:
+            position = start + 1
+        else:
+            found.append((start, end, value))
+            position = end

@@ -1,0 +1,261 @@
+"""Teacher traces: the typed records one agent run leaves behind, and an append-only JSONL store for them.
+
+Messages are kept in the OpenAI chat format (``{"role", "content", "tool_calls", "tool_call_id"}``) with tool-call
+arguments as dicts, so that a trace can be fed to any chat template or OpenAI-compatible endpoint unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Iterator, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mentor_agents.tasks import ExactMatch, NumericMatch, Verdict
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ToolCall(Record):
+    """One call the model asked for."""
+
+    id: str
+    name: str
+    args: dict[str, Any]
+    parsed_from_text: bool = False
+    """True when the call was recovered from the message text by the lenient parser, not sent as a tool call."""
+
+
+class Usage(Record):
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            input_tokens=self.input_tokens + other.input_tokens,
+            output_tokens=self.output_tokens + other.output_tokens,
+        )
+
+
+class ModelStep(Record):
+    """One model call: the exact messages it saw, and what it answered."""
+
+    kind: Literal["model"] = "model"
+    input_messages: list[dict[str, Any]]
+    output: dict[str, Any]
+    tool_calls: list[ToolCall] = []
+    latency_s: float = 0.0
+    usage: Usage = Usage()
+
+
+class ToolStep(Record):
+    """One tool execution."""
+
+    kind: Literal["tool"] = "tool"
+    call_id: str
+    name: str
+    args: dict[str, Any]
+    result: str
+    error: bool = False
+    latency_s: float = 0.0
+
+
+Step = Annotated[ModelStep | ToolStep, Field(discriminator="kind")]
+
+class Trace(Record):
+    """One teacher run on one task."""
+
+    schema_version: int = SCHEMA_VERSION
+    id: str = Field(default_factory=lambda: uuid.uuid4().hex)
+    task_id: str
+    sample: int = 0
+    """Index of this run among several runs of the same task (self-consistency); 0 for a single run."""
+    task_input: str
+    ground_truth: Any = None
+    verifier: ExactMatch | NumericMatch | None = Field(default=None, discriminator="kind")
+    """The task's verifier when it is a built-in one; a custom callable is not stored."""
+    system_prompt: str | None = None
+    tools: list[dict[str, Any]] = []
+    """Tool schemas bound to the model, in the OpenAI format."""
+    steps: list[Step] = []
+    final_answer: str | None = None
+    teacher_model: str | None = None
+    teacher_endpoint: str | None = None
+    verdict: Verdict = "unknown"
+    started_at: float = Field(default_factory=time.time)
+    duration_s: float = 0.0
+    usage: Usage = Usage()
+    error: str | None = None
+    metadata: dict[str, Any] = {}
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.task_id, self.sample)
+
+    @property
+    def tool_calls(self) -> list[ToolCall]:
+        return [call for step in self.steps if isinstance(step, ModelStep) for call in step.tool_calls]
+
+    @property
+    def tool_steps(self) -> list[ToolStep]:
+        return [step for step in self.steps if isinstance(step, ToolStep)]
+
+
+class TraceFileError(ValueError):
+    """A line of a JSONL record file that is not a valid record; names the file, line and field."""
+
+    def __init__(self, path: Path, line: int, field: str, message: str):
+        self.path, self.line, self.field = path, line, field
+        super().__init__(f"{path}:{line}: field '{field}': {message}")
+
+
+R = TypeVar("R", bound=BaseModel)
+
+
+def parse_line(text: str, model: type[R], path: Path, line: int) -> R:
+    """One JSONL line as a validated ``model``, or a `TraceFileError` naming the file, line and field."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise TraceFileError(path, line, "<json>", f"not valid JSON ({e.msg} at column {e.colno})") from None
+    except (ValueError, RecursionError) as e:
+        raise TraceFileError(path, line, "<json>", f"not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise TraceFileError(path, line, "<root>", f"expected a JSON object, got {type(data).__name__}")
+    version = data.get("schema_version", SCHEMA_VERSION)
+    if version != SCHEMA_VERSION:
+        raise TraceFileError(
+            path, line, "schema_version",
+            f"written with schema version {version!r}; this mentor_agents reads version {SCHEMA_VERSION}",
+        )
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = ".".join(str(part) for part in err["loc"]) or "<root>"
+        raise TraceFileError(path, line, field, err["msg"]) from None
+
+
+@dataclass
+class LineError:
+    line: int
+    field: str
+    message: str
+
+
+class TraceStore:
+    """An append-only JSONL file of traces.
+
+    Each `append` writes one whole line and fsyncs it, so a killed process loses at most the trace it was writing.
+    A partial last line left by such a kill is moved aside to ``<path>.partial`` when the store is next opened for
+    writing, so new lines never run into it.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = Path(path)
+        self.skipped: list[LineError] = []
+        """The invalid lines skipped by the last `read(skip_invalid=True)`."""
+
+    def __repr__(self) -> str:
+        return f"TraceStore({str(self.path)!r})"
+
+    def append(self, trace: Trace) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._set_aside_partial_tail()
+        data = (trace.model_dump_json() + "\n").encode()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            written = os.write(fd, data)
+            if written != len(data):
+                raise OSError(f"short write to {self.path}: {written} of {len(data)} bytes")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _set_aside_partial_tail(self) -> None:
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return
+        with open(self.path, "rb+") as f:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) == b"\n":
+                return
+            f.seek(0)
+            data = f.read()
+            cut = data.rfind(b"\n") + 1
+            with open(self.path.with_name(self.path.name + ".partial"), "ab") as aside:
+                aside.write(data[cut:] + b"\n")
+            f.truncate(cut)
+            f.flush()
+            os.fsync(f.fileno())
+        logger.warning("%s: moved a partial last line (%d bytes) to %s.partial", self.path, len(data) - cut, self.path.name)
+
+    def __iter__(self) -> Iterator[Trace]:
+        return iter(self.read())
+
+    def read(self, skip_invalid: bool = False) -> list[Trace]:
+        """All traces in file order.
+
+        Raises `TraceFileError` on the first invalid line, or, with ``skip_invalid=True``, skips invalid lines,
+        logs how many, and keeps them in `skipped`.
+        """
+        traces, self.skipped = read_jsonl(self.path, Trace, skip_invalid)
+        return traces
+
+    def recorded_keys(self) -> set[tuple[str, int]]:
+        """(task id, sample) of every trace already stored, failed ones included; invalid lines are ignored."""
+        return {trace.key for trace in self.read(skip_invalid=True)}
+
+
+def read_jsonl(path: Path, model: type[R], skip_invalid: bool = False) -> tuple[list[R], list[LineError]]:
+    """Validated records from a JSONL file, and the invalid lines skipped (only with ``skip_invalid=True``)."""
+    records: list[R] = []
+    skipped: list[LineError] = []
+    if not path.exists():
+        return records, skipped
+    with open(path, "rb") as f:
+            for number, raw in enumerate(f, start=1):
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    error = TraceFileError(path, number, "<encoding>", f"not UTF-8 ({e.reason})")
+                else:
+                    if not text.strip():
+                        continue
+                    try:
+                        records.append(parse_line(text, model, path, number))
+                        continue
+                    except TraceFileError as e:
+                        error = e
+                if not skip_invalid:
+                    raise error
+                skipped.append(LineError(error.line, error.field, str(error)))
+    if skipped:
+        logger.warning("%s: skipped %d invalid line(s); first: %s", path, len(skipped), skipped[0].message)
+    return records, skipped
+
+
+def write_jsonl_atomic(path: Path, records: list[BaseModel]) -> None:
+    """Replace ``path`` with ``records``, one per line, through a temporary file and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w") as f:
+            for record in records:
+                f.write(record.model_dump_json() + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
