@@ -118,8 +118,8 @@ def summarize(traces: Iterable[Trace]) -> TeacherSummary:
     traces = list(traces)
     verdicts = Counter(trace.verdict for trace in traces if trace.error is None)
     checked = verdicts["correct"] + verdicts["wrong"]
-    calls = [call for trace in traces for call in trace.tool_calls]
     completed = [trace for trace in traces if trace.error is None]
+    calls = [call for trace in completed for call in trace.tool_calls]
     return TeacherSummary(
         traces=len(traces),
         failed=sum(trace.error is not None for trace in traces),

@@ -33,8 +33,9 @@ class NumericMatch(BaseModel):
 
     def __call__(self, answer: str, ground_truth: Any) -> bool:
         value = last_number(answer)
-        return value is not None and math.isclose(
-            value, float(ground_truth), abs_tol=self.abs_tol, rel_tol=self.rel_tol
+        target = ground_truth if isinstance(ground_truth, (int, float)) else last_number(str(ground_truth))
+        return value is not None and target is not None and math.isclose(
+            value, float(target), abs_tol=self.abs_tol, rel_tol=self.rel_tol
         )
 
 

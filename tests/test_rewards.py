@@ -1,0 +1,145 @@
+"""The MENTOR reward reproduces every value reachable in the reference code, and its ablations and extensions."""
+
+import pytest
+
+from mentor_agents.references import CallReference, RewardReference
+from mentor_agents.rewards import (
+    REWARD_NAMES,
+    TeacherGuidedReward,
+    argument_match,
+    efficiency,
+    order_match,
+    score,
+    set_f1,
+)
+from mentor_agents.rollouts import Rollout
+from mentor_agents.tasks import NumericMatch
+from mentor_agents.traces import ToolCall
+
+TOOL_NAMES = ["add", "multiply", "divide", "sqrt"]
+SCHEMAS = [{"type": "function", "function": {"name": n, "parameters": {"type": "object"}}} for n in TOOL_NAMES]
+
+
+def reference(teacher=("add", "multiply"), calls=None, ground_truth=42):
+    calls = calls or [CallReference(name=n, args={"a": 1, "b": 2}) for n in teacher]
+    return RewardReference(
+        task_id="t", task_input="q", tools=SCHEMAS, teacher_tools=sorted(set(teacher)), teacher_calls=calls,
+        teacher_answer="Answer: 42", ground_truth=ground_truth, verifier=NumericMatch(),
+    )
+
+
+def rollout(names=(), answer="Answer: 42", finished=True, args=None):
+    calls = [ToolCall(id=f"c{i}", name=n, args=args or {"a": 1, "b": 2}) for i, n in enumerate(names)]
+    return Rollout(tool_calls=calls, final_answer=answer, finished=finished)
+
+
+def test_mentor_reachable_values():
+    def mentor(names, answer):
+        return score("mentor", rollout(names, answer), reference()).value
+
+    assert mentor(("add", "multiply"), "Answer: 42") == 1.1  # correct, S == T, no unknown tool
+    assert mentor(("add",), "Answer: 42") == 0.8  # correct, S != T
+    assert mentor((), "Answer: 42") == 0.8  # an empty S never matches
+    assert mentor(("add", "hack"), "Answer: 42") == 0.7  # correct, S != T, unknown tool
+    assert mentor(("add", "multiply"), "Answer: 41") == 0.16  # wrong, S == T
+    assert mentor(("add",), "Answer: 41") == 0.1  # wrong, S != T
+    assert mentor(("hack",), "Answer: 41") == 0.0  # wrong, unknown tool
+
+
+def test_mentor_match_with_hallucination_values():
+    # 1.0 and 0.06 need S == T with H == 0: reachable when the teacher itself named a tool the agent lacks.
+    ref = reference(teacher=("add", "hack"))
+    assert score("mentor", rollout(("add", "hack")), ref).value == 1.0
+    assert score("mentor", rollout(("add", "hack"), "Answer: 0"), ref).value == 0.06
+
+
+def test_every_reachable_value_is_hit():
+    ref, odd_ref = reference(), reference(teacher=("add", "hack"))
+    seen = set()
+    for names in [(), ("add",), ("add", "multiply"), ("hack",), ("add", "hack"), ("add", "multiply", "hack")]:
+        for answer in ["Answer: 42", "Answer: 41"]:
+            for r in (ref, odd_ref):
+                seen.add(score("mentor", rollout(names, answer), r).value)
+    assert {0.7, 0.8, 1.0, 1.1} <= seen  # correct
+    assert {0.0, 0.06, 0.1, 0.16} <= seen  # wrong
+    assert seen <= {0.0, 0.06, 0.1, 0.16, 0.7, 0.8, 1.0, 1.1}
+
+
+@pytest.mark.parametrize("name", REWARD_NAMES)
+def test_gates(name):
+    assert score(name, rollout(("add", "multiply"), finished=False), reference()).value == 0.0
+    assert score(name, rollout(("add", "multiply"), answer=None), reference()).value == 0.1
+    assert score(name, rollout(("add", "multiply"), answer="   "), reference()).value == 0.1
+    no_teacher_tools = reference(teacher=(), calls=[])
+    no_teacher_tools = no_teacher_tools.model_copy(update={"teacher_tools": [], "teacher_calls": []})
+    assert score(name, rollout(("add",)), no_teacher_tools).value == 0.1
+
+
+def test_ablations():
+    ref = reference()
+    assert score("sparse", rollout(("add",)), ref).value == 1.0
+    assert score("sparse", rollout(("add",), "Answer: 1"), ref).value == 0.1
+    # overlap: S∩T non-empty is enough, no H term
+    assert score("overlap", rollout(("add", "hack")), ref).value == 1.0
+    assert score("overlap", rollout(("add",), "Answer: 1"), ref).value == 0.06
+    assert score("overlap", rollout(("divide",)), ref).value == 0.7
+    # no_match: 0.7C + 0.1H
+    assert score("no_match", rollout(("add", "multiply")), ref).value == 0.8
+    assert score("no_match", rollout(("hack",)), ref).value == 0.7
+    assert score("no_match", rollout(("add",), "Answer: 1"), ref).value == 0.1
+    # f1: F1({add}, {add, multiply}) = 2/3
+    assert score("f1", rollout(("add",)), ref).value == pytest.approx(0.7 + 0.3 * 2 / 3 + 0.1)
+    assert score("f1", rollout(("add",), "Answer: 1"), ref).value == pytest.approx(0.3 * 2 / 3 * 0.2 + 0.1)
+    assert set_f1(set(), {"a"}) == 0.0
+    with pytest.raises(ValueError, match="unknown reward 'dense'"):
+        score("dense", rollout(), ref)
+
+
+def test_breakdown_names_the_terms():
+    result = score("mentor", rollout(("add",)), reference())
+    assert result.breakdown == {"correct": 1.0, "tool_match": 0.0, "no_hallucination": 1.0}
+    assert score("mentor", rollout(finished=False), reference()).breakdown == {"gate": 0.0}
+
+
+def test_correctness_falls_back_to_teacher_answer_and_custom_verifier():
+    ref = reference(ground_truth=None)
+    assert score("sparse", rollout(answer="it is 42"), ref).value == 1.0
+    exact = TeacherGuidedReward(name="sparse", verify=lambda answer, truth: answer == truth)
+    assert exact(rollout(answer="it is 42"), ref).value == 0.1
+    assert exact(rollout(answer="Answer: 42"), ref).value == 1.0
+
+
+def test_argument_order_efficiency_terms():
+    calls = [CallReference(name="add", args={"a": 1, "b": 2}), CallReference(name="multiply", args={"a": 3, "b": 4})]
+    ref = reference(calls=calls)
+    good = Rollout(
+        tool_calls=[ToolCall(id="1", name="add", args={"a": 1.0, "b": 2}), ToolCall(id="2", name="multiply", args={"a": 3, "b": 4})],
+        final_answer="Answer: 42",
+    )
+    assert argument_match(good, ref) == 1.0
+    half = good.model_copy(update={"tool_calls": [good.tool_calls[0], ToolCall(id="2", name="multiply", args={"a": 3, "b": 5})]})
+    assert argument_match(half, ref) == 0.5
+    reversed_ = good.model_copy(update={"tool_calls": list(reversed(good.tool_calls))})
+    assert order_match(good, ref) == 1.0
+    assert order_match(reversed_, ref) == 0.5
+    spam = good.model_copy(update={"tool_calls": good.tool_calls * 4})
+    assert efficiency(good, ref) == 1.0
+    assert efficiency(spam, ref) == 0.25
+    assert efficiency(Rollout(final_answer="x"), ref) == 0.0
+
+    extended = TeacherGuidedReward(argument_weight=0.5, order_weight=0.25, efficiency_weight=0.25)
+    assert extended(good, ref).value == pytest.approx(1.1 + 1.0)
+    assert extended(reversed_, ref).value == pytest.approx(1.1 + 0.5 + 0.125 + 0.25)
+    assert extended.max_value == pytest.approx(2.1)
+
+
+def test_hack_guards():
+    ref = reference()
+    guarded = TeacherGuidedReward(max_calls_factor=2.0, min_answer_chars=3)
+    spam = rollout(("add", "multiply") * 3)
+    assert TeacherGuidedReward()(spam, ref).value == 1.1
+    result = guarded(spam, ref)
+    assert result.value == 0.1 and result.breakdown["guard_tool_spam"] == 1.0
+    assert guarded(rollout(("add", "multiply")), ref).value == 1.1
+    short = guarded(rollout(("add", "multiply"), answer="42"), ref)
+    assert short.value == 0.1 and short.breakdown["guard_short_answer"] == 1.0

@@ -1,0 +1,117 @@
+"""TraceStore: fsync'd appends, resume keys, the corrupt-line report, partial tails, datasets loading; references."""
+
+import json
+
+import pytest
+
+from mentor_agents.references import build_references, load_references, save_references, summarize
+from mentor_agents.tasks import NumericMatch
+from mentor_agents.traces import ModelStep, ToolCall, ToolStep, Trace, TraceFileError, TraceStore
+
+
+def make_trace(task_id="t1", verdict="correct", error=None, sample=0):
+    call = ToolCall(id="call_1", name="add", args={"a": 2, "b": 3})
+    return Trace(
+        task_id=task_id,
+        sample=sample,
+        task_input="What is 2 plus 3?",
+        ground_truth=5,
+        verifier=NumericMatch(),
+        tools=[{"type": "function", "function": {"name": "add", "parameters": {"type": "object"}}}],
+        steps=[
+            ModelStep(
+                input_messages=[{"role": "user", "content": "What is 2 plus 3?"}],
+                output={"role": "assistant", "content": "", "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "add", "arguments": {"a": 2, "b": 3}}}]},
+                tool_calls=[call],
+            ),
+            ToolStep(call_id="call_1", name="add", args={"a": 2, "b": 3}, result="5"),
+            ModelStep(input_messages=[], output={"role": "assistant", "content": "Answer: 5"}),
+        ],
+        final_answer="Answer: 5",
+        verdict=verdict,
+        error=error,
+    )
+
+
+def test_append_read_roundtrip_and_resume_keys(tmp_path):
+    store = TraceStore(tmp_path / "traces.jsonl")
+    assert store.read() == []
+    store.append(make_trace("t1"))
+    store.append(make_trace("t2", sample=1))
+    traces = TraceStore(store.path).read()
+    assert [t.task_id for t in traces] == ["t1", "t2"]
+    assert traces[0] == make_trace("t1").model_copy(update={"id": traces[0].id, "started_at": traces[0].started_at})
+    assert traces[0].tool_calls[0].args == {"a": 2, "b": 3}
+    assert isinstance(traces[0].steps[1], ToolStep)
+    assert store.recorded_keys() == {("t1", 0), ("t2", 1)}
+
+
+def test_corrupt_line_names_file_line_and_field(tmp_path):
+    path = tmp_path / "traces.jsonl"
+    good = make_trace().model_dump_json()
+    bad_field = json.loads(good)
+    bad_field["steps"][1]["error"] = "not-a-bool"
+    path.write_text("\n".join([good, "{not json", json.dumps(bad_field), json.dumps([1]), good]) + "\n")
+    with pytest.raises(TraceFileError) as err:
+        TraceStore(path).read()
+    assert err.value.line == 2 and err.value.field == "<json>" and str(path) in str(err.value)
+
+    store = TraceStore(path)
+    traces = store.read(skip_invalid=True)
+    assert len(traces) == 2
+    assert [(e.line, e.field) for e in store.skipped] == [(2, "<json>"), (3, "steps.1.tool.error"), (4, "<root>")]
+
+
+def test_schema_version_mismatch_is_named(tmp_path):
+    path = tmp_path / "traces.jsonl"
+    data = json.loads(make_trace().model_dump_json())
+    data["schema_version"] = 99
+    path.write_text(json.dumps(data) + "\n")
+    with pytest.raises(TraceFileError, match="schema version 99"):
+        TraceStore(path).read()
+
+
+def test_partial_tail_from_a_kill_is_set_aside(tmp_path):
+    store = TraceStore(tmp_path / "traces.jsonl")
+    store.append(make_trace("t1"))
+    with open(store.path, "a") as f:
+        f.write(make_trace("t2").model_dump_json()[:50])  # a kill mid-write
+    with pytest.raises(TraceFileError):
+        store.read()
+    store.append(make_trace("t3"))
+    assert [t.task_id for t in store.read()] == ["t1", "t3"]
+    assert (tmp_path / "traces.jsonl.partial").read_text().startswith('{"schema_version"')
+
+
+def test_traces_load_with_datasets(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    store = TraceStore(tmp_path / "traces.jsonl")
+    for i in range(3):
+        store.append(make_trace(f"t{i}"))
+    ds = datasets.load_dataset("json", data_files=str(store.path), split="train")
+    assert ds.num_rows == 3 and ds[0]["task_id"] == "t0" and ds[0]["final_answer"] == "Answer: 5"
+
+
+def test_references_filter_summary_and_roundtrip(tmp_path):
+    traces = [
+        make_trace("t1"),
+        make_trace("t1", sample=1),
+        make_trace("t2", verdict="wrong"),
+        make_trace("t3", verdict="unknown"),
+        make_trace("t4", error="TimeoutError: teacher did not answer"),
+    ]
+    refs = build_references(traces)
+    assert [r.task_id for r in refs] == ["t1"]
+    ref = refs[0]
+    assert ref.teacher_tools == ["add"] and ref.teacher_calls[0].args == {"a": 2, "b": 3}
+    assert ref.teacher_answer == "Answer: 5" and ref.ground_truth == 5 and ref.tool_names == {"add"}
+    assert [r.task_id for r in build_references(traces, keep=("correct", "unknown"))] == ["t1", "t3"]
+
+    save_references(refs, tmp_path / "refs.jsonl")
+    assert load_references(tmp_path / "refs.jsonl") == refs
+
+    summary = summarize(traces)
+    assert summary.traces == 5 and summary.failed == 1
+    assert summary.success_rate == pytest.approx(2 / 3)
+    assert summary.tool_counts == {"add": 4}
+    assert "teacher success rate | 66.7%" in str(summary)
