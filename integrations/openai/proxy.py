@@ -1,0 +1,307 @@
+"""A recording proxy: point an agent's OpenAI client at it, and every tool-using chat completion becomes a trace.
+
+```
+mentor proxy --upstream http://127.0.0.1:8080/v1 --store traces.jsonl --port 8000
+# the agent: ChatOpenAI(base_url="http://127.0.0.1:8000/v1", ...)
+```
+
+How a conversation becomes traces (the store is append-only, so nothing is rewritten):
+
+- An agent sends one request per model turn; each request carries the whole conversation so far. Every request
+  that has ``tools`` is recorded as one `Trace` that reconstructs that conversation: a `ModelStep` for each earlier
+  assistant turn (its input is the history before it), a `ToolStep` for each tool message, and a final `ModelStep`
+  whose input is the exact request messages and whose output is the upstream answer.
+- The turns of one conversation share a ``task_id`` (``proxy-`` + a hash of the system prompt and first user message)
+  and a ``sample``: a request continues an open conversation when that conversation's last request messages plus
+  the answer it got are a prefix of the new request's messages; otherwise it starts a new sample.
+- A turn whose answer calls tools is stored with ``metadata={"partial": True}``; the turn that answers without tool
+  calls is stored with ``metadata={"partial": False}`` and ``final_answer`` set: it is the complete conversation.
+  `mentor_agents.references.build_references` and ``summarize`` skip partial traces.
+- An upstream error is passed back to the client with its status and stored as a failed trace (``error`` set,
+  ``partial`` True); the conversation stays open, so a retry of the same request continues it.
+- Streaming (``stream=true``) is refused with a 400: the proxy records complete answers only.
+- With ``lenient=True``, tool calls written as text in the answer's ``content`` (to tools the request offered) are
+  moved into ``tool_calls`` in the response the client gets, so the agent runs them, and are stored with
+  ``parsed_from_text=True``, in this turn and in the later turns that repeat them.
+
+Authorization headers and keys are forwarded upstream and never stored. The proxy keeps its open conversations in
+memory; sample numbers continue after the ones already in the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from mentor_agents.toolcalls import parse_tool_calls
+from mentor_agents.traces import ModelStep, ToolCall, ToolStep, Trace, TraceStore, Usage
+
+from mentor_agents.integrations.openai.server import APIError, error_response, read_json_body
+from mentor_agents.integrations.openai.teacher import tool_names
+
+
+MAX_OPEN = 1000
+"""Conversations kept open at once; the oldest unfinished ones are forgotten first."""
+
+
+@dataclass
+class Conversation:
+    task_id: str
+    sample: int
+    messages: list[dict[str, Any]]
+    """The last request's messages followed by the answer it got, in trace form (arguments as dicts)."""
+    parsed_from_text: set[str] = field(default_factory=set)
+    turn_stats: dict[int, tuple[float, Usage]] = field(default_factory=dict)
+    """Latency and usage of the answers recorded so far, by their index in ``messages``."""
+
+
+def text_content(content: Any) -> str:
+    if isinstance(content, list):
+        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return content or ""
+
+
+def trace_message(message: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAI message as stored in traces: tool-call arguments as dicts."""
+    message = dict(message)
+    if message.get("tool_calls"):
+        message["tool_calls"] = [
+            {**call, "function": {**call["function"], "arguments": arguments_dict(call["function"].get("arguments"))}}
+            for call in message["tool_calls"]
+        ]
+    return message
+
+
+def arguments_dict(arguments: Any) -> dict[str, Any]:
+    if isinstance(arguments, dict):
+        return arguments
+    if not arguments:
+        return {}
+    try:
+        value = json.loads(arguments)
+    except json.JSONDecodeError:
+        return {"__invalid_json__": arguments}
+    return value if isinstance(value, dict) else {"__invalid_json__": arguments}
+
+
+def message_key(message: dict[str, Any]) -> tuple:
+    """What identifies a message across turns, ignoring how clients re-serialise it (null vs "" content)."""
+    calls = tuple(
+        (c.get("id"), c["function"]["name"], json.dumps(c["function"]["arguments"], sort_keys=True))
+        for c in message.get("tool_calls") or ()
+    )
+    return message.get("role"), text_content(message.get("content")).strip(), calls, message.get("tool_call_id")
+
+
+def task_id_for(messages: list[dict[str, Any]]) -> str:
+    system = next((text_content(m.get("content")) for m in messages if m.get("role") in ("system", "developer")), "")
+    user = next((text_content(m.get("content")) for m in messages if m.get("role") == "user"), "")
+    return "proxy-" + hashlib.sha256(json.dumps([system, user]).encode()).hexdigest()[:16]
+
+
+def usage_of(response: dict[str, Any]) -> Usage:
+    usage = response.get("usage") or {}
+    return Usage(input_tokens=usage.get("prompt_tokens") or 0, output_tokens=usage.get("completion_tokens") or 0)
+
+
+class Recorder:
+    """Turns proxied requests and answers into traces (see the module docstring)."""
+
+    def __init__(self, store: TraceStore, upstream: str):
+        self.store, self.upstream = store, upstream
+        self.open: list[Conversation] = []
+        self.next_sample: dict[str, int] = {}
+        for task_id, sample in store.recorded_keys():
+            self.next_sample[task_id] = max(self.next_sample.get(task_id, 0), sample + 1)
+
+    def conversation(self, messages: list[dict[str, Any]]) -> Conversation:
+        keys = [message_key(m) for m in messages]
+        matches = [conv for conv in self.open if len(conv.messages) <= len(keys)
+                   and keys[:len(conv.messages)] == [message_key(m) for m in conv.messages]]
+        if matches:
+            return max(matches, key=lambda conv: len(conv.messages))
+        task_id = task_id_for(messages)
+        sample = self.next_sample.get(task_id, 0)
+        self.next_sample[task_id] = sample + 1
+        conv = Conversation(task_id, sample, messages)
+        self.open.append(conv)
+        del self.open[:-MAX_OPEN]
+        return conv
+
+    def record(self, request: dict[str, Any], answer: dict[str, Any] | None, *, parsed_ids: list[str],
+               latency_s: float, usage: Usage, model: str | None, error: str | None, started_at: float) -> Trace:
+        messages = [trace_message(m) for m in request["messages"]]
+        conv = self.conversation(messages)
+        conv.parsed_from_text.update(parsed_ids)
+        steps: list[ModelStep | ToolStep] = []
+        calls_by_id: dict[str, ToolCall] = {}
+        for i, message in enumerate(messages):
+            if message.get("role") == "assistant":
+                latency, turn_usage = conv.turn_stats.get(i, (0.0, Usage()))
+                steps.append(self.model_step(messages[:i], message, conv, latency, turn_usage))
+                calls_by_id.update((c.id, c) for c in steps[-1].tool_calls)
+            elif message.get("role") == "tool":
+                call = calls_by_id.get(message.get("tool_call_id", ""))
+                steps.append(ToolStep(call_id=message.get("tool_call_id", ""), name=call.name if call else "",
+                                      args=call.args if call else {}, result=text_content(message.get("content"))))
+        final_answer = None
+        partial = True
+        if answer is not None:
+            output = trace_message(answer)
+            steps.append(self.model_step(messages, output, conv, latency_s, usage))
+            conv.turn_stats[len(messages)] = (latency_s, usage)
+            conv.messages = messages + [output]
+            if not output.get("tool_calls"):
+                final_answer, partial = text_content(output.get("content")), False
+                if conv in self.open:
+                    self.open.remove(conv)
+        total = sum((s.usage for s in steps if isinstance(s, ModelStep)), Usage())
+        trace = Trace(
+            task_id=conv.task_id,
+            sample=conv.sample,
+            task_input=next((text_content(m.get("content")) for m in messages if m.get("role") == "user"), ""),
+            system_prompt=next((text_content(m.get("content")) for m in messages
+                                if m.get("role") in ("system", "developer")), None),
+            tools=request.get("tools") or [],
+            steps=steps,
+            final_answer=final_answer,
+            teacher_model=model,
+            teacher_endpoint=self.upstream,
+            started_at=started_at,
+            duration_s=latency_s,
+            usage=total,
+            error=error,
+            metadata={"partial": partial, "turn": sum(s.kind == "model" for s in steps)},
+        )
+        self.store.append(trace)
+        return trace
+
+    @staticmethod
+    def model_step(inputs: list[dict[str, Any]], output: dict[str, Any], conv: Conversation, latency_s: float,
+                   usage: Usage) -> ModelStep:
+        calls = [ToolCall(id=c.get("id") or "", name=c["function"]["name"], args=c["function"]["arguments"],
+                          parsed_from_text=c.get("id") in conv.parsed_from_text)
+                 for c in output.get("tool_calls") or ()]
+        return ModelStep(input_messages=inputs, output=output, tool_calls=calls, latency_s=latency_s, usage=usage)
+
+
+def promote_text_calls(answer: dict[str, Any], allowed: set[str]) -> list[str]:
+    """Move calls written in ``answer["content"]`` into ``answer["tool_calls"]`` (in place); their ids."""
+    if answer.get("tool_calls") or not allowed:
+        return []
+    parsed = parse_tool_calls(text_content(answer.get("content")), allowed=allowed, lenient=True)
+    if not parsed.calls:
+        return []
+    answer["content"] = parsed.content or None
+    answer["tool_calls"] = [{"id": c.id, "type": "function",
+                             "function": {"name": c.name, "arguments": json.dumps(c.arguments)}}
+                            for c in parsed.calls]
+    return [c.id for c in parsed.calls]
+
+
+def create_proxy_app(upstream: str, store: TraceStore | str | os.PathLike[str], *, lenient: bool = False,
+                     upstream_api_key: str | None = None, timeout_s: float = 120.0,
+                     max_body_bytes: int = 10_000_000) -> FastAPI:
+    """A FastAPI app forwarding ``/v1/chat/completions`` and ``/v1/models`` to ``upstream`` (a base URL ending in
+    ``/v1``) and appending a trace to ``store`` for every chat completion whose request has ``tools``.
+
+    The client's ``Authorization`` header is forwarded, or ``Bearer <upstream_api_key>`` when that is set.
+    """
+    upstream = upstream.rstrip("/")
+    store = store if isinstance(store, TraceStore) else TraceStore(store)
+    recorder = Recorder(store, upstream)
+    lock = asyncio.Lock()
+    client = httpx.AsyncClient(timeout=timeout_s)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await client.aclose()
+
+    app = FastAPI(title=f"mentor_agents recording proxy -> {upstream}", lifespan=lifespan)
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, exc: APIError) -> JSONResponse:
+        return exc.response()
+
+    def headers(request: Request) -> dict[str, str]:
+        if upstream_api_key is not None:
+            return {"Authorization": f"Bearer {upstream_api_key}"}
+        auth = request.headers.get("authorization")
+        return {"Authorization": auth} if auth else {}
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> Response:
+        try:
+            reply = await client.get(f"{upstream}/models", headers=headers(request))
+        except httpx.HTTPError as e:
+            return error_response(502, f"upstream {upstream} unreachable: {type(e).__name__}: {e}",
+                                  type="upstream_error", code="upstream_unreachable")
+        return Response(reply.content, status_code=reply.status_code,
+                        media_type=reply.headers.get("content-type", "application/json"))
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        body = await read_json_body(request, max_body_bytes)
+        if body.get("stream"):
+            raise APIError(400, "the recording proxy does not support stream=true; send stream=false",
+                           param="stream", code="stream_unsupported")
+        if not isinstance(body.get("messages"), list) or not all(isinstance(m, dict) for m in body["messages"]):
+            raise APIError(400, "'messages' must be a list of message objects", param="messages")
+        recorded = bool(body.get("tools"))
+        started_at, start = time.time(), time.perf_counter()
+        try:
+            reply = await client.post(f"{upstream}/chat/completions", json=body, headers=headers(request))
+        except httpx.HTTPError as e:
+            status = 504 if isinstance(e, httpx.TimeoutException) else 502
+            message = f"upstream {upstream} failed: {type(e).__name__}: {e}"
+            if recorded:
+                async with lock:
+                    recorder.record(body, None, parsed_ids=[], latency_s=time.perf_counter() - start, usage=Usage(),
+                                    model=body.get("model"), error=message, started_at=started_at)
+            return error_response(status, message, type="upstream_error", code="upstream_unreachable")
+        latency_s = time.perf_counter() - start
+        try:
+            data = reply.json()
+        except ValueError:
+            data = None
+        ok = reply.is_success and isinstance(data, dict) and bool(data.get("choices"))
+        if not ok:
+            if recorded:
+                async with lock:
+                    recorder.record(body, None, parsed_ids=[], latency_s=latency_s, usage=Usage(),
+                                    model=body.get("model"), started_at=started_at,
+                                    error=f"upstream HTTP {reply.status_code}: {reply.text[:1000]}")
+            if reply.is_success:
+                return error_response(502, f"upstream returned no choices: {reply.text[:500]}",
+                                      type="upstream_error", code="bad_upstream_response")
+            return Response(reply.content, status_code=reply.status_code,
+                            media_type=reply.headers.get("content-type", "application/json"))
+        choice = data["choices"][0]
+        parsed_ids: list[str] = []
+        if lenient:
+            parsed_ids = promote_text_calls(choice["message"], tool_names(body.get("tools")))
+            if parsed_ids:
+                choice["finish_reason"] = "tool_calls"
+        if recorded:
+            async with lock:
+                recorder.record(body, choice["message"], parsed_ids=parsed_ids, latency_s=latency_s,
+                                usage=usage_of(data), model=data.get("model") or body.get("model"), error=None,
+                                started_at=started_at)
+        return JSONResponse(data, status_code=reply.status_code)
+
+    return app
