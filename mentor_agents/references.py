@@ -9,7 +9,7 @@ from typing import Any, Iterable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from mentor_agents.tasks import ExactMatch, NumericMatch, Verdict
+from mentor_agents.tasks import ExactMatch, NumericMatch, Verdict, last_number
 from mentor_agents.traces import SCHEMA_VERSION, Trace, read_jsonl, write_jsonl_atomic
 
 
@@ -69,6 +69,48 @@ def build_references(traces: Iterable[Trace], keep: Iterable[Verdict] = ("correc
         if trace.error is None and trace.verdict in kept and trace.task_id not in references:
             references[trace.task_id] = RewardReference.from_trace(trace)
     return list(references.values())
+
+
+def answer_key(answer: str | None) -> str | None:
+    """What two answers must share to agree: the last number when there is one, else the case-folded text."""
+    if answer is None or not answer.strip():
+        return None
+    number = last_number(answer)
+    return f"{number:.6g}" if number is not None else " ".join(answer.casefold().split())
+
+
+def self_consistency(traces: Iterable[Trace], min_agreement: float = 0.5) -> list[Trace]:
+    """Verdicts for tasks without a verifier, from agreement among several teacher samples of each task.
+
+    Traces whose verdict is ``unknown`` are grouped by task. When more than ``min_agreement`` of a task's completed
+    samples share one answer, those samples become ``correct`` (with that answer as ground truth, checked by number
+    when it has one, else by exact text) and the others
+    ``wrong``; otherwise they stay ``unknown``. Traces that already have a verdict are returned unchanged.
+    """
+    traces = list(traces)
+    groups: dict[str, list[int]] = {}
+    for i, trace in enumerate(traces):
+        if trace.verdict == "unknown" and trace.error is None:
+            groups.setdefault(trace.task_id, []).append(i)
+    out = list(traces)
+    for indices in groups.values():
+        keys = [answer_key(traces[i].final_answer) for i in indices]
+        votes = Counter(key for key in keys if key is not None)
+        if not votes:
+            continue
+        winner, count = votes.most_common(1)[0]
+        if count / len(indices) <= min_agreement:
+            continue
+        majority_answer = next(traces[i].final_answer for i, key in zip(indices, keys) if key == winner)
+        numeric = last_number(majority_answer or "") is not None
+        for i, key in zip(indices, keys):
+            out[i] = traces[i].model_copy(update={
+                "verdict": "correct" if key == winner else "wrong",
+                "ground_truth": majority_answer,
+                "verifier": NumericMatch() if numeric else ExactMatch(),
+                "metadata": {**traces[i].metadata, "agreement": count / len(indices)},
+            })
+    return out
 
 
 def save_references(references: list[RewardReference], path: str | Path) -> None:

@@ -115,3 +115,21 @@ def test_references_filter_summary_and_roundtrip(tmp_path):
     assert summary.success_rate == pytest.approx(2 / 3)
     assert summary.tool_counts == {"add": 4}
     assert "teacher success rate | 66.7%" in str(summary)
+
+
+def test_self_consistency_verdicts():
+    from mentor_agents.references import self_consistency
+
+    def sample(task_id, k, answer):
+        return make_trace(task_id, verdict="unknown", sample=k).model_copy(update={"final_answer": answer})
+
+    traces = [
+        sample("a", 0, "Answer: 5"), sample("a", 1, "The result is 5.0"), sample("a", 2, "Answer: 6"),
+        sample("b", 0, "Answer: 1"), sample("b", 1, "Answer: 2"),  # no majority
+        make_trace("c", verdict="wrong"),  # verified tasks keep their verdict
+    ]
+    judged = self_consistency(traces)
+    assert [t.verdict for t in judged] == ["correct", "correct", "wrong", "unknown", "unknown", "wrong"]
+    assert judged[0].ground_truth == "Answer: 5" and judged[0].metadata["agreement"] == pytest.approx(2 / 3)
+    assert isinstance(judged[0].verifier, NumericMatch)
+    assert [r.task_id for r in build_references(judged)] == ["a"]
