@@ -164,7 +164,7 @@ class TraceRecorder(BaseCallbackHandler):
         """The `Trace` of this run on ``task``; ``state`` is the graph's final state (None when the run failed)."""
         steps = [step for step in self.steps if step is not None]
         messages = state.get("messages", []) if isinstance(state, dict) else []
-        steps = _add_unexecuted_tool_results(steps, messages)
+        steps = _reconcile_tool_steps(steps, messages)
         final_answer = None
         if messages and isinstance(messages[-1], AIMessage) and not messages[-1].tool_calls:
             final_answer = messages[-1].text
@@ -190,13 +190,19 @@ class TraceRecorder(BaseCallbackHandler):
         )
 
 
-def _add_unexecuted_tool_results(steps: list[ModelStep | ToolStep], messages: list[Any]) -> list[Any]:
-    """Tool results that no tool produced (ToolNode answers a call to an unknown tool itself) come from the state."""
+def _reconcile_tool_steps(steps: list[ModelStep | ToolStep], messages: list[Any]) -> list[Any]:
+    """Tool results as the agent saw them in the final state, including those no tool produced (ToolNode answers a
+    call to an unknown tool itself)."""
     executed = {step.call_id for step in steps if isinstance(step, ToolStep)}
     results = {m.tool_call_id: m for m in messages if isinstance(m, ToolMessage)}
     out: list[ModelStep | ToolStep] = []
     pending: list[ToolStep] = []
     for step in steps:
+        if isinstance(step, ToolStep) and step.call_id in results:
+            # What the agent was shown: ToolNode may have turned a raised error into its own message.
+            seen = results[step.call_id]
+            step = step.model_copy(update={"result": _text(seen.content),
+                                           "error": step.error or seen.status == "error"})
         if isinstance(step, ModelStep):
             out += pending
             pending = [
