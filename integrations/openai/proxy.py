@@ -14,11 +14,13 @@ How a conversation becomes traces (the store is append-only, so nothing is rewri
 - The turns of one conversation share a ``task_id`` (``proxy-`` + a hash of the system prompt and first user message)
   and a ``sample``: a request continues an open conversation when that conversation's last request messages plus
   the answer it got are a prefix of the new request's messages; otherwise it starts a new sample.
-- A turn whose answer calls tools is stored with ``metadata={"partial": True}``; the turn that answers without tool
-  calls is stored with ``metadata={"partial": False}`` and ``final_answer`` set: it is the complete conversation.
-  `mentor_agents.references.build_references` and ``summarize`` skip partial traces.
+- The turn that answers without tool calls is the complete conversation: it goes to ``store`` with ``final_answer``
+  set and ``metadata={"partial": False}``. Turns whose answer calls tools go to ``partial_store`` (when given) with
+  ``metadata={"partial": True}``, never to ``store``: every core consumer (references, self-consistency, summaries,
+  evaluation) reads each stored, non-failed trace as one complete run, so ``store`` holds only those.
 - An upstream error is passed back to the client with its status and stored as a failed trace (``error`` set,
-  ``partial`` True); the conversation stays open, so a retry of the same request continues it.
+  ``partial`` True) in ``store``, where consumers skip it; the conversation stays open, so a retry of the same request
+  continues it.
 - Streaming (``stream=true``) is refused with a 400: the proxy records complete answers only.
 - With ``lenient=True``, tool calls written as text in the answer's ``content`` (to tools the request offered) are
   moved into ``tool_calls`` in the response the client gets, so the agent runs them, and are stored with
@@ -72,8 +74,9 @@ def text_content(content: Any) -> str:
 
 
 def trace_message(message: dict[str, Any]) -> dict[str, Any]:
-    """An OpenAI message as stored in traces: tool-call arguments as dicts."""
-    message = dict(message)
+    """An OpenAI message as stored in traces: tool-call arguments as dicts, null content as "", no null fields."""
+    message = {k: v for k, v in message.items() if v is not None}
+    message["content"] = message.get("content", "")
     if message.get("tool_calls"):
         message["tool_calls"] = [
             {**call, "function": {**call["function"], "arguments": arguments_dict(call["function"].get("arguments"))}}
@@ -117,11 +120,12 @@ def usage_of(response: dict[str, Any]) -> Usage:
 class Recorder:
     """Turns proxied requests and answers into traces (see the module docstring)."""
 
-    def __init__(self, store: TraceStore, upstream: str):
-        self.store, self.upstream = store, upstream
+    def __init__(self, store: TraceStore, upstream: str, partial_store: TraceStore | None = None):
+        self.store, self.upstream, self.partial_store = store, upstream, partial_store
         self.open: list[Conversation] = []
         self.next_sample: dict[str, int] = {}
-        for task_id, sample in store.recorded_keys():
+        known = store.recorded_keys() | (partial_store.recorded_keys() if partial_store else set())
+        for task_id, sample in known:
             self.next_sample[task_id] = max(self.next_sample.get(task_id, 0), sample + 1)
 
     def conversation(self, messages: list[dict[str, Any]]) -> Conversation:
@@ -141,6 +145,11 @@ class Recorder:
     def record(self, request: dict[str, Any], answer: dict[str, Any] | None, *, parsed_ids: list[str],
                latency_s: float, usage: Usage, model: str | None, error: str | None, started_at: float) -> Trace:
         messages = [trace_message(m) for m in request["messages"]]
+        # OpenAI clients send tool results without the tool's name; traces from the graph recorder carry it.
+        names = {c.get("id"): c["function"]["name"] for m in messages for c in m.get("tool_calls") or ()}
+        for message in messages:
+            if message.get("role") == "tool" and "name" not in message and message.get("tool_call_id") in names:
+                message["name"] = names[message["tool_call_id"]]
         conv = self.conversation(messages)
         conv.parsed_from_text.update(parsed_ids)
         steps: list[ModelStep | ToolStep] = []
@@ -183,7 +192,10 @@ class Recorder:
             error=error,
             metadata={"partial": partial, "turn": sum(s.kind == "model" for s in steps)},
         )
-        self.store.append(trace)
+        if not partial or error is not None:
+            self.store.append(trace)
+        elif self.partial_store is not None:
+            self.partial_store.append(trace)
         return trace
 
     @staticmethod
@@ -211,15 +223,19 @@ def promote_text_calls(answer: dict[str, Any], allowed: set[str]) -> list[str]:
 
 def create_proxy_app(upstream: str, store: TraceStore | str | os.PathLike[str], *, lenient: bool = False,
                      upstream_api_key: str | None = None, timeout_s: float = 120.0,
+                     partial_store: TraceStore | str | os.PathLike[str] | None = None,
                      max_body_bytes: int = 10_000_000) -> FastAPI:
     """A FastAPI app forwarding ``/v1/chat/completions`` and ``/v1/models`` to ``upstream`` (a base URL ending in
-    ``/v1``) and appending a trace to ``store`` for every chat completion whose request has ``tools``.
+    ``/v1``) and recording the chat completions whose request has ``tools``: complete conversations and failed
+    requests in ``store``, intermediate turns in ``partial_store`` if given (see the module docstring).
 
     The client's ``Authorization`` header is forwarded, or ``Bearer <upstream_api_key>`` when that is set.
     """
     upstream = upstream.rstrip("/")
     store = store if isinstance(store, TraceStore) else TraceStore(store)
-    recorder = Recorder(store, upstream)
+    if partial_store is not None and not isinstance(partial_store, TraceStore):
+        partial_store = TraceStore(partial_store)
+    recorder = Recorder(store, upstream, partial_store)
     lock = asyncio.Lock()
     client = httpx.AsyncClient(timeout=timeout_s)
 
@@ -282,10 +298,14 @@ def create_proxy_app(upstream: str, store: TraceStore | str | os.PathLike[str], 
         ok = reply.is_success and isinstance(data, dict) and bool(data.get("choices"))
         if not ok:
             if recorded:
+                # Auth failures can echo (part of) the key: keep only the status for them.
+                detail = "authentication failed" if reply.status_code in (401, 403) else reply.text[:1000]
+                for secret in filter(None, (upstream_api_key, request.headers.get("authorization"))):
+                    detail = detail.replace(secret.removeprefix("Bearer ").strip(), "<redacted>")
                 async with lock:
                     recorder.record(body, None, parsed_ids=[], latency_s=latency_s, usage=Usage(),
                                     model=body.get("model"), started_at=started_at,
-                                    error=f"upstream HTTP {reply.status_code}: {reply.text[:1000]}")
+                                    error=f"upstream HTTP {reply.status_code}: {detail}")
             if reply.is_success:
                 return error_response(502, f"upstream returned no choices: {reply.text[:500]}",
                                       type="upstream_error", code="bad_upstream_response")

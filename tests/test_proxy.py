@@ -1,0 +1,212 @@
+"""The recording proxy between a real LangGraph agent and an OpenAI-compatible teacher server."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import httpx
+import openai
+import pytest
+from fastapi import Request
+from fastapi.responses import JSONResponse
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.utils.function_calling import convert_to_openai_tool
+from langchain_openai import ChatOpenAI
+
+from mentor_agents.integrations.langgraph.calculator import (
+    ScriptedCalculatorTeacher,
+    SYSTEM_PROMPT,
+    build_agent,
+    make_tasks,
+)
+from mentor_agents.integrations.langgraph.recording import record
+from mentor_agents.integrations.openai.proxy import create_proxy_app
+from mentor_agents.integrations.openai.server import create_app, running_server
+from mentor_agents.references import build_references
+from mentor_agents.traces import ModelStep, ToolStep, TraceStore
+
+KEY = "sk-test-secret-0123456789"
+MODEL = "scripted-teacher"
+
+
+class TextToolCallingModel(BaseChatModel):
+    """A teacher that writes its tool calls as JSON text in ``content``, as small models behind OpenAI endpoints do.
+
+    "What is A times B?" -> a fenced JSON call to ``multiply``; "What is A plus B?" -> prose with a bare JSON call to
+    ``add``; "Teleport to X" -> a bare JSON call to ``teleport``, a tool nobody offered. After a tool result it
+    answers ``Answer: <result>``.
+    """
+
+    @property
+    def _llm_type(self) -> str:
+        return "text-tool-calling"
+
+    def bind_tools(self, tools, **kwargs):
+        return self.bind(tools=[convert_to_openai_tool(t) for t in tools], **kwargs)
+
+    def _generate(self, messages, stop=None, run_manager=None, **kwargs) -> ChatResult:
+        last = messages[-1]
+        if isinstance(last, ToolMessage):
+            text = f"Answer: {last.text}"
+        elif m := re.fullmatch(r"What is (\d+) times (\d+)\?", last.text):
+            call = {"name": "multiply", "arguments": {"a": int(m[1]), "b": int(m[2])}}
+            text = f"```json\n{json.dumps(call)}\n```"
+        elif m := re.fullmatch(r"What is (\d+) plus (\d+)\?", last.text):
+            text = f'I will use a tool. {{"name": "add", "arguments": {{"a": {m[1]}, "b": {m[2]}}}}}'
+        else:
+            text = '{"name": "teleport", "arguments": {"to": "the moon"}}'
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(text))])
+
+
+
+@pytest.fixture
+def upstream():
+    app = create_app(ScriptedCalculatorTeacher(), MODEL, api_key=KEY)
+
+    @app.middleware("http")
+    async def fail_on_request(request: Request, call_next):
+        if b"7 times 8" in await request.body():
+            return JSONResponse({"error": {"message": "teacher overloaded", "type": "server_error", "param": None,
+                                           "code": None}}, status_code=500)
+        return await call_next(request)
+
+    with running_server(app) as url:
+        yield url
+
+
+def agent_through(proxy_url: str, key: str = KEY, model: str = MODEL):
+    return build_agent(ChatOpenAI(base_url=proxy_url, model=model, api_key=key, max_retries=0))
+
+
+def assert_no_secret(path) -> None:
+    text = path.read_text()
+    assert KEY not in text and "wrong-key" not in text and "Bearer s" not in text and "Bearer w" not in text
+
+
+def test_proxy_records_complete_conversations(tmp_path, upstream):
+    tasks = make_tasks(5, seed=2)
+    store, turns = TraceStore(tmp_path / "proxy.jsonl"), TraceStore(tmp_path / "turns.jsonl")
+    with running_server(create_proxy_app(upstream, store, partial_store=turns)) as proxy:
+        direct = record(agent_through(proxy), tasks, tmp_path / "direct.jsonl", concurrency=2, timeout_s=30,
+                        retries=0, progress=False)
+    assert all(t.verdict == "correct" for t in direct)
+    final, partial_turns = store.read(), turns.read()
+    assert len(final) == 5 and not any(t.metadata["partial"] for t in final)
+    assert len(final) + len(partial_turns) == sum(isinstance(s, ModelStep) for t in direct for s in t.steps)
+    by_input = {t.task_input: t for t in final}
+    for task, seen in zip(tasks, direct):
+        trace = by_input[task.input]
+        assert trace.task_id.startswith("proxy-") and trace.sample == 0 and trace.error is None
+        assert trace.system_prompt == SYSTEM_PROMPT and trace.tools == seen.tools
+        assert trace.teacher_model == MODEL and trace.teacher_endpoint == upstream
+        # The proxy's reconstruction agrees with what the recorder saw inside the graph.
+        assert [(c.id, c.name, c.args) for c in trace.tool_calls] == [(c.id, c.name, c.args) for c in seen.tool_calls]
+        assert [(s.call_id, s.name, s.args, s.result) for s in trace.tool_steps] == \
+               [(s.call_id, s.name, s.args, s.result) for s in seen.tool_steps]
+        assert [s.kind for s in trace.steps] == [s.kind for s in seen.steps]
+        assert trace.final_answer == seen.final_answer and task.verdict(trace.final_answer) == "correct"
+        assert trace.steps[-1].input_messages == [m for s in seen.steps[-1:] for m in s.input_messages]
+        assert trace.usage.input_tokens > 0 and trace.steps[-1].latency_s > 0
+        assert trace.metadata["turn"] == sum(isinstance(s, ModelStep) for s in trace.steps)
+        partial = [t for t in partial_turns if t.task_id == trace.task_id]
+        assert partial and all(t.metadata["partial"] and t.final_answer is None and t.sample == 0 for t in partial)
+        assert all(t.steps[-1].tool_calls for t in partial)
+        assert trace.steps[:len(partial[-1].steps)] == partial[-1].steps
+    references = build_references(final, keep=("unknown",))
+    assert sorted(r.task_input for r in references) == sorted(t.input for t in tasks)
+    assert all(r.teacher_answer for r in references)
+    assert_no_secret(store.path)
+    assert_no_secret(turns.path)
+
+
+def test_repeated_runs_get_new_samples_and_resume_after_restart(tmp_path, upstream):
+    task = make_tasks(1, seed=4)[0]
+    store = TraceStore(tmp_path / "proxy.jsonl")
+    for _ in range(2):  # a restarted proxy continues the sample numbers already in the store
+        with running_server(create_proxy_app(upstream, store)) as proxy:
+            agent = agent_through(proxy)
+            agent.invoke({"messages": [HumanMessage(task.input)]})
+            agent.invoke({"messages": [HumanMessage(task.input)]})
+    final = store.read()
+    assert [t.sample for t in final] == [0, 1, 2, 3] and len({t.task_id for t in final}) == 1
+
+
+def test_requests_without_tools_are_forwarded_but_not_recorded(tmp_path, upstream):
+    store = TraceStore(tmp_path / "proxy.jsonl")
+    with running_server(create_proxy_app(upstream, store, upstream_api_key=KEY)) as proxy:
+        client = openai.OpenAI(base_url=proxy, api_key="client-key-not-forwarded", max_retries=0)
+        reply = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "What is 1 plus 2?"}])
+        assert reply.choices[0].message.content.startswith("I cannot solve") or reply.choices[0].message.content
+        assert [m.id for m in client.models.list()] == [MODEL]
+    assert not store.path.exists() or store.read() == []
+
+
+def test_upstream_errors_are_passed_back_and_recorded_as_failed(tmp_path, upstream):
+    store = TraceStore(tmp_path / "proxy.jsonl")
+    with running_server(create_proxy_app(upstream, store)) as proxy:
+        with pytest.raises(openai.InternalServerError, match="overloaded"):
+            agent_through(proxy).invoke({"messages": [HumanMessage("What is 7 times 8?")]})
+        with pytest.raises(openai.AuthenticationError):  # the client's key is forwarded, and it is wrong
+            agent_through(proxy, key="wrong-key").invoke({"messages": [HumanMessage("What is 2 plus 2?")]})
+        reply = httpx.post(f"{proxy}/chat/completions", json={"model": MODEL, "stream": True, "messages": []})
+        assert reply.status_code == 400 and reply.json()["error"]["param"] == "stream"
+        reply = httpx.post(f"{proxy}/chat/completions", content=b"{oops")
+        assert reply.status_code == 400 and reply.json()["error"]["code"] == "invalid_json"
+    overloaded, unauthorized = store.read()
+    assert overloaded.error.startswith("upstream HTTP 500") and "overloaded" in overloaded.error
+    assert unauthorized.error == "upstream HTTP 401: authentication failed"
+    assert overloaded.task_input == "What is 7 times 8?" and overloaded.steps == [] and overloaded.metadata["partial"]
+    assert build_references(store.read(), keep=("unknown",)) == []
+    assert_no_secret(store.path)
+
+
+def test_unreachable_upstream_is_a_502_and_a_failed_trace(tmp_path):
+    store = TraceStore(tmp_path / "proxy.jsonl")
+    with running_server(create_app(ScriptedCalculatorTeacher(), MODEL)) as gone:
+        pass  # the server has stopped: its port refuses connections
+    with running_server(create_proxy_app(gone, store, timeout_s=5)) as proxy:
+        with pytest.raises(openai.APIStatusError) as raised:
+            agent_through(proxy).invoke({"messages": [HumanMessage("What is 2 plus 2?")]})
+        assert raised.value.status_code == 502
+    (trace,) = store.read()
+    assert "ConnectError" in trace.error and trace.teacher_endpoint == gone
+
+
+def run_text_teacher_through_proxy(tmp_path, lenient: bool, question: str):
+    """The agent's messages, and every trace the proxy wrote (intermediate turns first)."""
+    store, turns = TraceStore(tmp_path / "proxy.jsonl"), TraceStore(tmp_path / "turns.jsonl")
+    with running_server(create_app(TextToolCallingModel(), "text-teacher")) as upstream:
+        with running_server(create_proxy_app(upstream, store, lenient=lenient, partial_store=turns)) as proxy:
+            messages = agent_through(proxy, model="text-teacher").invoke({"messages": [HumanMessage(question)]})
+    return messages["messages"], turns.read() + store.read()
+
+
+def test_strict_proxy_records_no_text_calls(tmp_path):
+    messages, traces = run_text_teacher_through_proxy(tmp_path, False, "What is 6 times 7?")
+    (trace,) = traces
+    assert trace.tool_calls == [] and not trace.metadata["partial"] and "multiply" in trace.final_answer
+    assert not any(isinstance(m, ToolMessage) for m in messages)
+
+
+@pytest.mark.parametrize("question, tool", [("What is 6 times 7?", "multiply"), ("What is 20 plus 22?", "add")])
+def test_lenient_proxy_turns_text_calls_into_tool_calls(tmp_path, question, tool):
+    messages, traces = run_text_teacher_through_proxy(tmp_path, True, question)
+    (result,) = [m for m in messages if isinstance(m, ToolMessage)]  # the graph ran the tool
+    assert result.text == "42" and messages[-1].text == "Answer: 42"
+    partial, final = traces
+    assert partial.metadata["partial"] and not final.metadata["partial"] and final.final_answer == "Answer: 42"
+    assert partial.final_answer is None and partial.steps == final.steps[:1]
+    for trace in (partial, final):
+        (call,) = trace.tool_calls
+        assert call.name == tool and call.parsed_from_text and call.id == result.tool_call_id
+    (step,) = final.tool_steps
+    assert isinstance(step, ToolStep) and step.name == tool and step.result == "42"
+
+
+def test_lenient_proxy_rejects_tools_that_were_not_offered(tmp_path):
+    messages, (trace,) = run_text_teacher_through_proxy(tmp_path, True, "Teleport to the moon")
+    assert trace.tool_calls == [] and json.loads(trace.final_answer)["name"] == "teleport"
+    assert not any(isinstance(m, ToolMessage) for m in messages)
