@@ -29,12 +29,13 @@ ADD_TOOL = {"type": "function", "function": {
 class RuleChatModel(BaseChatModel):
     """Echoes the user; with tools bound, calls ``add(2, 3)`` and then reports the tool result; "boom" raises.
 
-    It also records the keyword arguments of each call and the most calls it ever saw running at once.
+    It also records its settings and keyword arguments at each call, and the most calls it saw running at once.
     """
 
+    temperature: float = 1.0
+    max_new_tokens: int = 16
     calls: list[dict[str, Any]] = []
-    running: int = 0
-    max_running: int = 0
+    concurrency: dict[str, int] = {"running": 0, "max": 0}  # shared with the per-request copies
 
     @property
     def _llm_type(self) -> str:
@@ -44,10 +45,11 @@ class RuleChatModel(BaseChatModel):
         return self.bind(tools=[convert_to_openai_tool(t) for t in tools], **kwargs)
 
     def _generate(self, messages: list[BaseMessage], stop=None, run_manager=None, **kwargs) -> ChatResult:
-        self.running += 1
-        self.max_running = max(self.max_running, self.running)
+        self.concurrency["running"] += 1
+        self.concurrency["max"] = max(self.concurrency["max"], self.concurrency["running"])
         try:
-            self.calls.append({**kwargs, "stop": stop, "messages": messages})
+            self.calls.append({**kwargs, "stop": stop, "messages": messages, "temperature": self.temperature,
+                               "max_new_tokens": self.max_new_tokens})
             threading.Event().wait(0.01)  # give a concurrent request the chance to overlap
             last = messages[-1]
             if last.text == "boom":
@@ -62,7 +64,7 @@ class RuleChatModel(BaseChatModel):
             message.usage_metadata = {"input_tokens": 7, "output_tokens": 3, "total_tokens": 10}
             return ChatResult(generations=[ChatGeneration(message=message)])
         finally:
-            self.running -= 1
+            self.concurrency["running"] -= 1
 
 
 @pytest.fixture
@@ -91,8 +93,11 @@ def test_plain_completion(base_url, rule_model):
     assert reply.model == MODEL and reply.id.startswith("chatcmpl-")
     assert (reply.usage.prompt_tokens, reply.usage.completion_tokens, reply.usage.total_tokens) == (7, 3, 10)
     call = rule_model.calls[-1]
-    assert call["temperature"] == 0.3 and call["max_tokens"] == 50
+    assert call["temperature"] == 0.3 and call["max_new_tokens"] == 50 and call["stop"] is None
     assert [m.type for m in call["messages"]] == ["system", "human"]
+    client(base_url).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], stop="x")
+    call = rule_model.calls[-1]
+    assert call["temperature"] == 1.0 and call["max_new_tokens"] == 16 and call["stop"] == ["x"]
 
 
 def test_tool_call_round_trip(base_url, rule_model):
@@ -251,4 +256,20 @@ def test_concurrent_clients_are_queued(base_url, rule_model):
     with ThreadPoolExecutor(6) as pool:
         answers = list(pool.map(ask, range(12)))
     assert answers == [f"echo: {i}" for i in range(12)]
-    assert rule_model.max_running == 1
+    assert rule_model.concurrency["max"] == 1
+
+
+def test_serving_a_natively_streaming_model(base_url):
+    # ChatOpenAI streams AIMessageChunks with tool-call pieces: serve it, in front of the rule model's server.
+    front = ChatOpenAI(base_url=base_url, model=MODEL, api_key="unused", max_retries=0)
+    with running_server(create_app(front, "front")) as url:
+        api = client(url)
+        chunks = list(api.chat.completions.create(model="front", messages=[{"role": "user", "content": "2+3"}],
+                                                  tools=[ADD_TOOL], stream=True, max_tokens=20))
+        pieces = [d for c in chunks if c.choices for d in (c.choices[0].delta.tool_calls or [])]
+        assert [p.id for p in pieces if p.id] == ["call_1"]
+        assert json.loads("".join(p.function.arguments or "" for p in pieces)) == {"a": 2, "b": 3}
+        assert chunks[-1].choices[0].finish_reason == "tool_calls"
+        text = "".join(c.choices[0].delta.content or "" for c in api.chat.completions.create(
+            model="front", messages=[{"role": "user", "content": "hi"}], stream=True) if c.choices)
+        assert text == "echo: hi"

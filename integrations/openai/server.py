@@ -216,6 +216,7 @@ def create_app(chat_model: BaseChatModel, model_name: str, *, api_key: str | Non
         if body.get("n", 1) != 1:
             raise APIError(400, "only n=1 is supported", param="n")
         call_kwargs: dict[str, Any] = {}
+        settings: dict[str, Any] = {}
         for name in ("max_tokens", "max_completion_tokens"):
             value = body.get(name)
             if value is None:
@@ -224,16 +225,16 @@ def create_app(chat_model: BaseChatModel, model_name: str, *, api_key: str | Non
                 raise APIError(400, f"'{name}' must be a positive integer", param=name)
             if value > max_tokens_limit:
                 raise APIError(400, f"'{name}' is {value}; this server allows at most {max_tokens_limit}", param=name)
-            call_kwargs["max_tokens"] = value
+            settings["max_tokens"] = value
         if body.get("temperature") is not None:
             if not isinstance(body["temperature"], (int, float)) or not 0 <= body["temperature"] <= 2:
                 raise APIError(400, "'temperature' must be a number between 0 and 2", param="temperature")
-            call_kwargs["temperature"] = body["temperature"]
+            settings["temperature"] = body["temperature"]
         if body.get("stop") is not None:
             stop = body["stop"]
             call_kwargs["stop"] = [stop] if isinstance(stop, str) else stop
 
-        model: Any = chat_model
+        model: Any = configured(chat_model, settings)
         tools = body.get("tools")
         if tools:
             if not isinstance(tools, list) or not all(isinstance(t, dict) and "function" in t for t in tools):
@@ -296,6 +297,23 @@ def create_app(chat_model: BaseChatModel, model_name: str, *, api_key: str | Non
         yield "data: [DONE]\n\n"
 
     return app
+
+
+SETTING_FIELDS = {"max_tokens": ("max_tokens", "max_new_tokens"), "temperature": ("temperature",)}
+"""The chat-model fields that take each request setting: ChatOpenAI has ``max_tokens``, local models
+``max_new_tokens``."""
+
+
+def configured(chat_model: BaseChatModel, settings: dict[str, Any]) -> BaseChatModel:
+    """A shallow copy of ``chat_model`` with the request's settings on the fields it has; settings the model has no
+    field for are ignored."""
+    fields = type(chat_model).model_fields
+    update = {}
+    for name, value in settings.items():
+        field = next((f for f in SETTING_FIELDS[name] if f in fields), None)
+        if field is not None:
+            update[field] = value
+    return chat_model.model_copy(update=update) if update else chat_model
 
 
 def chunk_deltas(chunk: BaseMessage) -> Iterator[dict[str, Any]]:
