@@ -12,7 +12,8 @@ from collections import Counter
 
 import pytest
 from langchain.agents import create_agent
-from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.messages import AIMessage, SystemMessage, ToolMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.tools import tool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from langchain_openai import ChatOpenAI
@@ -30,7 +31,7 @@ from mentor_agents.integrations.langgraph.calculator import (
 )
 from mentor_agents.references import build_references
 from mentor_agents.tasks import NumericMatch, Task
-from mentor_agents.traces import ModelStep, ToolStep, TraceStore
+from mentor_agents.traces import TraceStore
 
 QUESTION = "What is (4 plus 5) times (9 minus 2)?"
 
@@ -95,8 +96,6 @@ class UnknownToolTeacher(ScriptedCalculatorTeacher):
             message = AIMessage("Answer: unknown")
         else:
             message = AIMessage("", tool_calls=[{"name": "percent", "args": {"x": 5}, "id": "call_p", "type": "tool_call"}])
-        from langchain_core.outputs import ChatGeneration, ChatResult
-
         return ChatResult(generations=[ChatGeneration(message=message)])
 
 
@@ -314,6 +313,8 @@ def test_a_run_that_keeps_failing_becomes_a_failed_trace(tmp_path, teacher, time
     assert len(lines(path)) == 5
     again = record(build_agent(ScriptedCalculatorTeacher()), tasks, path, retry_failed=True, progress=False)
     assert again[1].error is None and again[1].verdict == "correct" and len(lines(path)) == 6
+    latest = record(build_agent(ScriptedCalculatorTeacher()), tasks, path, progress=False)
+    assert latest[1].id == again[1].id and len(lines(path)) == 6
 
 
 def test_teacher_endpoint_is_recorded_without_secrets(tmp_path):

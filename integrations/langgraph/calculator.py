@@ -21,6 +21,7 @@ from langchain_core.runnables import Runnable, RunnableLambda
 from langchain_core.tools import BaseTool, ToolException, tool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from langgraph.graph import END, START, MessagesState, StateGraph
+from langgraph.graph.state import CompiledStateGraph
 from langgraph.prebuilt import ToolNode, tools_condition
 
 from mentor_agents.tasks import NumericMatch, Task
@@ -456,7 +457,8 @@ class ScriptedCalculatorTeacher(BaseChatModel):
 # ----------------------------------------------------------------------------------------------------------- agent
 
 
-def build_agent(model: BaseChatModel, builder: Literal["create_agent", "react", "stategraph"] = "create_agent"):
+def build_agent(model: BaseChatModel,
+                builder: Literal["create_agent", "react", "stategraph"] = "create_agent") -> CompiledStateGraph:
     """The calculator agent around ``model``, as a compiled graph, built with `langchain.agents.create_agent`, the
     deprecated `langgraph.prebuilt.create_react_agent`, or a hand-written ``StateGraph`` (nodes "llm" and "run_tools").
     """
@@ -474,7 +476,7 @@ def build_agent(model: BaseChatModel, builder: Literal["create_agent", "react", 
     raise ValueError(f"builder must be 'create_agent', 'react' or 'stategraph', got {builder!r}")
 
 
-def _state_graph(model: BaseChatModel):
+def _state_graph(model: BaseChatModel) -> CompiledStateGraph:
     bound = model.bind_tools(TOOLS)
 
     def llm(state: MessagesState) -> dict[str, list[BaseMessage]]:

@@ -57,6 +57,8 @@ def _content(content: str | list[Any]) -> str | list[dict[str, Any]]:
     if isinstance(content, str):
         return content
     blocks = [{"type": "text", "text": block} if isinstance(block, str) else block for block in content]
+    # Provider tool-call blocks duplicate AIMessage.tool_calls, which become the OpenAI "tool_calls" field.
+    blocks = [block for block in blocks if block.get("type") not in ("tool_use", "tool_call", "function_call")]
     if all(block.get("type") == "text" for block in blocks):
         return "".join(block["text"] for block in blocks)
     return blocks
@@ -70,7 +72,7 @@ def _text(content: Any) -> str:
 def _public_url(url: str) -> str:
     # Keep scheme, host and path only: credentials can hide in the userinfo or the query string.
     parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.hostname + (f":{parts.port}" if parts.port else ""), parts.path, "", ""))
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
 
 
 class TraceRecorder(BaseCallbackHandler):
@@ -114,6 +116,8 @@ class TraceRecorder(BaseCallbackHandler):
     def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
         end = time.perf_counter()
         with self._lock:
+            if run_id not in self._open:  # a completion (non-chat) LLM: not a step of a chat agent
+                return
             slot, start, inputs = self._open.pop(run_id)
         message = response.generations[0][0].message
         parsed = set(message.additional_kwargs.get(PARSED_FROM_TEXT_KEY, ()))
@@ -135,7 +139,7 @@ class TraceRecorder(BaseCallbackHandler):
 
     def on_tool_start(self, serialized: dict[str, Any] | None, input_str: str, *, run_id: UUID,
                       inputs: dict[str, Any] | None = None, tool_call_id: str | None = None, **kwargs: Any) -> None:
-        name = kwargs.get("name") or (serialized or {}).get("name") or "unknown"
+        name = (serialized or {}).get("name") or kwargs.get("name") or "unknown"
         with self._lock:
             requested = {call.id: call.args for step in self.steps if isinstance(step, ModelStep)
                          for call in step.tool_calls}
@@ -229,9 +233,11 @@ def _as_tasks(tasks: Sequence[Task | str]) -> list[Task]:
 
 
 async def _run_one(agent: Any, task: Task, sample: int, timeout_s: float, retries: int, backoff_s: float) -> Trace:
-    for attempt in range(retries + 1):
+    attempt = 0
+    while True:
         recorder = TraceRecorder()
         started_at, start = time.time(), time.perf_counter()
+        state, error = None, None
         try:
             state = await asyncio.wait_for(
                 agent.ainvoke({"messages": [("user", task.input)]}, config={"callbacks": [recorder]}), timeout_s
@@ -242,15 +248,12 @@ async def _run_one(agent: Any, task: Task, sample: int, timeout_s: float, retrie
             # A recursion limit is the agent looping, not a transient failure: retrying would loop again.
             if attempt < retries and not isinstance(e, GraphRecursionError):
                 await asyncio.sleep(backoff_s * 2**attempt)
+                attempt += 1
                 continue
-            trace = recorder.to_trace(task, None, sample=sample, started_at=started_at,
-                                      duration_s=time.perf_counter() - start, error=error)
-        else:
-            trace = recorder.to_trace(task, state, sample=sample, started_at=started_at,
-                                      duration_s=time.perf_counter() - start)
+        trace = recorder.to_trace(task, state, sample=sample, started_at=started_at,
+                                  duration_s=time.perf_counter() - start, error=error)
         trace.metadata["attempts"] = attempt + 1
         return trace
-    raise AssertionError("unreachable")
 
 
 async def arecord(agent: Any, tasks: Sequence[Task | str], store: TraceStore | str, *, concurrency: int = 4,
@@ -265,8 +268,10 @@ async def arecord(agent: Any, tasks: Sequence[Task | str], store: TraceStore | s
     tasks = _as_tasks(tasks)
     stored: dict[tuple[str, int], Trace] = {}
     for trace in store.read(skip_invalid=True):
-        if not (retry_failed and trace.error is not None):
-            stored.setdefault(trace.key, trace)
+        if trace.key not in stored or (stored[trace.key].error is not None and trace.error is None):
+            stored[trace.key] = trace
+    if retry_failed:
+        stored = {key: trace for key, trace in stored.items() if trace.error is None}
     keys = [(task, sample) for task in tasks for sample in range(samples)]
     todo = [(task, sample) for task, sample in keys if (task.id, sample) not in stored]
     semaphore = asyncio.Semaphore(concurrency)
