@@ -370,3 +370,13 @@ def test_traces_load_with_datasets(tmp_path):
     assert sorted(rows["task_id"]) == sorted([t.id for t in tasks] + [TraceStore(path).read()[-1].task_id])
     first = rows[0]
     assert first["steps"][0]["kind"] == "model" and first["steps"][0]["input_messages"][0]["role"] == "system"
+
+
+def test_invalid_tool_calls_are_kept_in_the_recorded_output():
+    from langchain_core.messages import AIMessage
+
+    from mentor_agents.integrations.langgraph import to_openai_messages
+
+    message = AIMessage(content="", invalid_tool_calls=[{"name": "add", "args": '{"a": 1,', "id": "c1", "error": "bad JSON", "type": "invalid_tool_call"}])
+    (out,) = to_openai_messages([message])
+    assert out["invalid_tool_calls"] == [{"name": "add", "arguments": '{"a": 1,', "error": "bad JSON"}]

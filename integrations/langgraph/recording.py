@@ -46,6 +46,11 @@ def _to_openai(message: BaseMessage) -> dict[str, Any]:
             {"id": call["id"], "type": "function", "function": {"name": call["name"], "arguments": call["args"]}}
             for call in message.tool_calls
         ]
+    if isinstance(message, AIMessage) and message.invalid_tool_calls:
+        out["invalid_tool_calls"] = [
+            {"name": call.get("name"), "arguments": call.get("args"), "error": call.get("error")}
+            for call in message.invalid_tool_calls
+        ]
     if isinstance(message, ToolMessage):
         out["tool_call_id"] = message.tool_call_id
         if message.name:
