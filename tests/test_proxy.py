@@ -73,9 +73,12 @@ def upstream():
 
     @app.middleware("http")
     async def fail_on_request(request: Request, call_next):
-        if b"7 times 8" in await request.body():
+        body = await request.body()
+        if b"7 times 8" in body:
             return JSONResponse({"error": {"message": "teacher overloaded", "type": "server_error", "param": None,
                                            "code": None}}, status_code=500)
+        if b"echo my key" in body:  # a careless server that repeats the caller's credentials in an error
+            return JSONResponse({"error": {"message": f"failed for {request.headers['authorization']}"}}, 503)
         return await call_next(request)
 
     with running_server(app) as url:
@@ -115,6 +118,7 @@ def test_proxy_records_complete_conversations(tmp_path, upstream):
         assert trace.final_answer == seen.final_answer and task.verdict(trace.final_answer) == "correct"
         assert trace.steps[-1].input_messages == [m for s in seen.steps[-1:] for m in s.input_messages]
         assert trace.usage.input_tokens > 0 and trace.steps[-1].latency_s > 0
+        assert trace.duration_s >= sum(s.latency_s for s in trace.steps if isinstance(s, ModelStep))
         assert trace.metadata["turn"] == sum(isinstance(s, ModelStep) for s in trace.steps)
         partial = [t for t in partial_turns if t.task_id == trace.task_id]
         assert partial and all(t.metadata["partial"] and t.final_answer is None and t.sample == 0 for t in partial)
@@ -160,7 +164,10 @@ def test_upstream_errors_are_passed_back_and_recorded_as_failed(tmp_path, upstre
         assert reply.status_code == 400 and reply.json()["error"]["param"] == "stream"
         reply = httpx.post(f"{proxy}/chat/completions", content=b"{oops")
         assert reply.status_code == 400 and reply.json()["error"]["code"] == "invalid_json"
-    overloaded, unauthorized = store.read()
+        with pytest.raises(openai.APIStatusError, match=KEY):  # the client gets the upstream answer unchanged
+            agent_through(proxy).invoke({"messages": [HumanMessage("echo my key")]})
+    overloaded, unauthorized, echoed = store.read()
+    assert echoed.error.startswith("upstream HTTP 503") and "<redacted>" in echoed.error
     assert overloaded.error.startswith("upstream HTTP 500") and "overloaded" in overloaded.error
     assert unauthorized.error == "upstream HTTP 401: authentication failed"
     assert overloaded.task_input == "What is 7 times 8?" and overloaded.steps == [] and overloaded.metadata["partial"]

@@ -26,6 +26,11 @@ How a conversation becomes traces (the store is append-only, so nothing is rewri
   moved into ``tool_calls`` in the response the client gets, so the agent runs them, and are stored with
   ``parsed_from_text=True``, in this turn and in the later turns that repeat them.
 
+A trace's ``started_at`` and ``duration_s`` span the conversation from its first request the proxy saw. Earlier
+turns the proxy never saw (it started mid-conversation) are rebuilt from the request history with zero latency and
+usage. Tool steps come from the tool messages, which carry no error status over the OpenAI API, so their ``error`` is
+always False.
+
 Authorization headers and keys are forwarded upstream and never stored. The proxy keeps its open conversations in
 memory; sample numbers continue after the ones already in the store.
 """
@@ -62,6 +67,7 @@ class Conversation:
     sample: int
     messages: list[dict[str, Any]]
     """The last request's messages followed by the answer it got, in trace form (arguments as dicts)."""
+    started_at: float = field(default_factory=time.time)
     parsed_from_text: set[str] = field(default_factory=set)
     turn_stats: dict[int, tuple[float, Usage]] = field(default_factory=dict)
     """Latency and usage of the answers recorded so far, by their index in ``messages``."""
@@ -128,7 +134,7 @@ class Recorder:
         for task_id, sample in known:
             self.next_sample[task_id] = max(self.next_sample.get(task_id, 0), sample + 1)
 
-    def conversation(self, messages: list[dict[str, Any]]) -> Conversation:
+    def conversation(self, messages: list[dict[str, Any]], started_at: float) -> Conversation:
         keys = [message_key(m) for m in messages]
         matches = [conv for conv in self.open if len(conv.messages) <= len(keys)
                    and keys[:len(conv.messages)] == [message_key(m) for m in conv.messages]]
@@ -137,7 +143,7 @@ class Recorder:
         task_id = task_id_for(messages)
         sample = self.next_sample.get(task_id, 0)
         self.next_sample[task_id] = sample + 1
-        conv = Conversation(task_id, sample, messages)
+        conv = Conversation(task_id, sample, messages, started_at)
         self.open.append(conv)
         del self.open[:-MAX_OPEN]
         return conv
@@ -150,7 +156,7 @@ class Recorder:
         for message in messages:
             if message.get("role") == "tool" and "name" not in message and message.get("tool_call_id") in names:
                 message["name"] = names[message["tool_call_id"]]
-        conv = self.conversation(messages)
+        conv = self.conversation(messages, started_at)
         conv.parsed_from_text.update(parsed_ids)
         steps: list[ModelStep | ToolStep] = []
         calls_by_id: dict[str, ToolCall] = {}
@@ -186,8 +192,8 @@ class Recorder:
             final_answer=final_answer,
             teacher_model=model,
             teacher_endpoint=self.upstream,
-            started_at=started_at,
-            duration_s=latency_s,
+            started_at=conv.started_at,
+            duration_s=started_at + latency_s - conv.started_at,
             usage=total,
             error=error,
             metadata={"partial": partial, "turn": sum(s.kind == "model" for s in steps)},
