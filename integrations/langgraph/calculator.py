@@ -383,12 +383,17 @@ def _calls(turn: str) -> list[tuple[str, dict[str, str]]]:
 # --------------------------------------------------------------------------------------------------------- teacher
 
 
+SYNTHESIS_PROMPT = re.compile(r"Write (?P<count>\d+) new, varied user requests.*Variation seed: (?P<seed>\S+)", re.S)
+"""The task-synthesis prompt of `mentor_agents.integrations.langgraph.adapter.LangGraphAdapter.synthesize_tasks`."""
+
+
 class ScriptedCalculatorTeacher(BaseChatModel):
     """A deterministic stand-in for a teacher LLM on the calculator tasks: no model behind it.
 
     It reads the last user question and the tool results that follow it, and answers with the next tool calls
     (ids, names, argument dicts), one model turn at a time, then with ``"Answer: <the last tool result>"``.
     A question it does not recognise, a needed tool that is not bound, or a tool error gets ``"Answer: unknown"``.
+    Asked to write requests for the agent (task synthesis, no tools bound), it writes calculator word problems.
     Usage is a rough 4-characters-per-token estimate.
     """
 
@@ -421,6 +426,9 @@ class ScriptedCalculatorTeacher(BaseChatModel):
         if last_user is None:
             return AIMessage(content="Answer: unknown")
         question = messages[last_user].text.strip()
+        request = SYNTHESIS_PROMPT.search(question)
+        if request is not None and not bound:
+            return AIMessage(content=self._write_requests(int(request["count"]), request["seed"]))
         found = next(((t, m) for t in IN_DOMAIN + OUT_OF_DOMAIN if (m := t.pattern.fullmatch(question))), None)
         if found is None:
             return AIMessage(content="I cannot solve this with the calculator tools. Answer: unknown")
@@ -444,6 +452,13 @@ class ScriptedCalculatorTeacher(BaseChatModel):
                 return AIMessage(content="", tool_calls=calls)
             index += len(turn)
         return AIMessage(content=f"Answer: {results[f'{call_prefix}_{index - 1}'].text.strip()}")
+
+    @staticmethod
+    def _write_requests(count: int, seed: str) -> str:
+        """Answer a task-synthesis prompt the way an LLM would: numbered, varied requests, seeded."""
+        numeric_seed = int(hashlib.sha256(seed.encode()).hexdigest()[:8], 16)
+        tasks = make_tasks(count, "train", seed=numeric_seed)
+        return "\n".join(f"{i}. {task.input}" for i, task in enumerate(tasks, start=1))
 
     @staticmethod
     def _resolve(value: str, values: dict[str, Any], results: dict[str, ToolMessage], prefix: str) -> Any:
