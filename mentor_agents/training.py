@@ -1,0 +1,522 @@
+"""Training the student: SFT on teacher traces, and GRPO against a teacher-guided reward, both with LoRA through TRL.
+
+GRPO rollouts come from a ``rollout_fn`` supplied by an integration (for LangGraph:
+`mentor_agents.integrations.langgraph.rollouts.graph_rollout_fn`), which runs the real agent with the student
+swapped in and returns token-exact `Rollout` records. This module never imports an agent framework.
+
+```python
+config = TrainConfig(method="sft+mentor", steps=60, output_dir="runs/calc")
+result = train(config, "out/tiny-student", traces=traces, rollout_fn=graph_rollout_fn(agent))
+result.adapter_dir, result.metrics[-1]["reward"]
+```
+
+Each GRPO step logs (to ``trainer.state.log_history`` and ``<output_dir>/<stage>/metrics.jsonl``): ``reward``,
+``reward_std``, ``reward/<component>`` (the reward breakdown, 0 where a gate fired), ``reward/gated``,
+``rollout/tool_call_rate`` (share of rollouts with a valid call), ``rollout/tool_calls``,
+``rollout/invalid_call_rate`` (share of rollouts with an invalid call), ``rollout/turns``, ``rollout/finished``,
+``kl`` (when ``beta > 0``) and ``frac_reward_zero_std`` (share of groups whose rewards are all equal).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Sequence
+
+import torch
+from datasets import Dataset
+from peft import LoraConfig, PeftModel
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    TrainerCallback,
+)
+from trl import GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer
+from trl.chat_template_utils import get_training_chat_template
+
+from mentor_agents.references import RewardReference, build_references
+from mentor_agents.rewards import REWARD_NAMES, TeacherGuidedReward
+from mentor_agents.rollouts import Rollout
+from mentor_agents.student import load_student
+from mentor_agents.traces import ModelStep, Trace
+
+Method = Literal["sft", "sparse", "mentor", "sft+mentor"]
+METHODS: tuple[str, ...] = ("sft", "sparse", "mentor", "sft+mentor")
+
+
+@dataclass
+class TrainConfig:
+    """Every training setting. The defaults train the tiny test student on CPU in seconds.
+
+    ``reward`` picks the GRPO reward for ``mentor`` and ``sft+mentor`` (any of ``REWARD_NAMES``: the ablations run
+    by name); ``sparse`` always uses the sparse reward. ``beta`` is the weight of the KL-to-base loss term, where the
+    base is the model with the adapter disabled (for ``sft+mentor``: the merged SFT model).
+    """
+
+    method: Method = "mentor"
+    reward: str = "mentor"
+    argument_weight: float = 0.0
+    order_weight: float = 0.0
+    efficiency_weight: float = 0.0
+    max_calls_factor: float | None = None
+    # SFT
+    sft_lr: float = 2e-3
+    sft_epochs: float = 1.0
+    sft_steps: int = -1
+    """SFT optimiser steps; -1 runs ``sft_epochs`` epochs."""
+    sft_batch_size: int = 8
+    # GRPO
+    lr: float = 3e-4
+    steps: int = 10
+    prompts_per_step: int = 4
+    num_generations: int = 8
+    max_turns: int = 5
+    max_new_tokens: int = 64
+    """Token budget of one model turn."""
+    max_completion_length: int = 512
+    """Token budget of a whole rollout (sampled, template and tool tokens); a longer rollout is cut and scores 0."""
+    temperature: float = 1.0
+    beta: float = 0.001
+    loss_type: str = "dapo"
+    scale_rewards: str = "group"
+    # LoRA
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_target_modules: str | list[str] = "all-linear"
+    lora_modules_to_save: list[str] | None = None
+    """Modules trained in full next to the adapter; ``["norm"]`` (the final norm) lets a randomly initialised tiny
+    student sharpen its output distribution, which low-rank updates alone barely can."""
+    # Run
+    seed: int = 0
+    save_steps: int = 0
+    """Write a checkpoint (adapter, optimizer, scheduler, RNG, data position) every N steps; 0 saves none."""
+    save_total_limit: int | None = 2
+    output_dir: str = "runs/mentor"
+    resume: bool = False
+    """Continue from the last complete checkpoint in the stage's output directory."""
+    report_to: str | list[str] = "none"
+    logging_steps: int = 1
+    use_cpu: bool | None = None
+    """None picks CUDA when present, else CPU."""
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.reward not in REWARD_NAMES:
+            raise ValueError(f"reward must be one of {', '.join(REWARD_NAMES)}, got {self.reward!r}")
+        if self.num_generations < 2:
+            raise ValueError(f"num_generations must be at least 2 for group-normalised advantages, got "
+                             f"{self.num_generations}")
+
+    @property
+    def reward_fn(self) -> TeacherGuidedReward:
+        return TeacherGuidedReward(
+            name="sparse" if self.method == "sparse" else self.reward,
+            argument_weight=self.argument_weight, order_weight=self.order_weight,
+            efficiency_weight=self.efficiency_weight, max_calls_factor=self.max_calls_factor,
+        )
+
+    @property
+    def device_is_cpu(self) -> bool:
+        return (not torch.cuda.is_available()) if self.use_cpu is None else self.use_cpu
+
+    def lora(self) -> LoraConfig:
+        return LoraConfig(
+            r=self.lora_r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
+            target_modules=self.lora_target_modules, modules_to_save=self.lora_modules_to_save, task_type="CAUSAL_LM",
+        )
+
+
+RolloutFn = Callable[[list[RewardReference], PreTrainedModel, PreTrainedTokenizerBase, TrainConfig], list[Rollout]]
+"""Runs the agent once per reference (in order) with ``model`` as its chat model and returns token-exact rollouts:
+``prompt_ids`` (the first model call's prompt), ``completion_ids``, ``completion_mask`` (1 = sampled) and
+``logprobs``, and ``finished=False`` for a run cut off by ``config.max_turns``."""
+
+
+@dataclass
+class TrainResult:
+    method: str
+    output_dir: Path
+    adapter_dir: Path
+    """The trained LoRA adapter; `load_trained` loads it on ``base_model``."""
+    base_model: str
+    """Directory or id of the model the adapter applies to (for ``sft+mentor``: the merged SFT model)."""
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    """Per-step logs of the last stage (``trainer.state.log_history``)."""
+    sft_metrics: list[dict[str, Any]] = field(default_factory=list)
+    eval_metrics: dict[str, float] = field(default_factory=dict)
+    """Held-out rollout metrics after training, when held-out references were given."""
+
+
+# --------------------------------------------------------------------------------------------------------- loading
+
+
+def load_model(model: str | os.PathLike[str] | PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None = None,
+               ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A model and tokenizer by any name `load_student` takes, or ``model`` itself with its ``tokenizer``."""
+    if isinstance(model, PreTrainedModel):
+        if tokenizer is None:
+            raise ValueError("pass the tokenizer along with a model object")
+        return model, tokenizer
+    loaded, prepared = load_student(model)
+    return loaded, tokenizer if tokenizer is not None else prepared
+
+
+def load_trained(result_or_adapter: TrainResult | str | os.PathLike[str], base_model: str | None = None,
+                 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The trained student (base model with its adapter) and tokenizer, from a `TrainResult` or an adapter dir."""
+    if isinstance(result_or_adapter, TrainResult):
+        adapter, base_model = result_or_adapter.adapter_dir, result_or_adapter.base_model
+    else:
+        adapter = Path(result_or_adapter)
+        if base_model is None:
+            base_model = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
+    base = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
+    return PeftModel.from_pretrained(base, str(adapter)), AutoTokenizer.from_pretrained(str(adapter))
+
+
+# ------------------------------------------------------------------------------------------------------------- SFT
+
+
+def conversation(trace: Trace) -> list[dict[str, Any]]:
+    """The trace's whole conversation: the last model call's input (system, user, calls, tool results) plus its
+    output (the final answer)."""
+    steps = [step for step in trace.steps if isinstance(step, ModelStep)]
+    if not steps:
+        raise ValueError(f"trace {trace.id} (task {trace.task_id}) has no model step")
+    return [*steps[-1].input_messages, steps[-1].output]
+
+
+def sft_dataset(traces: Sequence[Trace], tokenizer: PreTrainedTokenizerBase, max_length: int | None = None,
+                ) -> Dataset:
+    """Tokenized teacher conversations with their tool schemas, and a mask of the assistant tokens.
+
+    Tokenized here, not by SFTTrainer, because Arrow would merge the tool-call argument dicts of different tools
+    into one struct and the template would then render ``null`` arguments. The mask comes from TRL's training
+    variant of the chat template (``{% generation %}`` markers), so the loss covers exactly the assistant turns.
+    """
+    template = get_training_chat_template(tokenizer) or tokenizer.chat_template
+    rows = []
+    for trace in traces:
+        if trace.error is not None:
+            continue
+        rendered = tokenizer.apply_chat_template(
+            conversation(trace), tools=trace.tools or None, chat_template=template, tokenize=True,
+            return_dict=True, return_assistant_tokens_mask=True,
+        )
+        ids, mask = list(rendered["input_ids"]), list(rendered["assistant_masks"])
+        if 1 not in mask:
+            raise ValueError(f"trace {trace.id}: the chat template marks no assistant tokens; it needs "
+                             "{% generation %} markers (TRL supplies them for the templates it knows)")
+        if max_length is not None:
+            ids, mask = ids[:max_length], mask[:max_length]
+        rows.append({"input_ids": ids, "assistant_masks": mask})
+    if not rows:
+        raise ValueError("no usable traces for SFT (every trace had an error, or none were given)")
+    return Dataset.from_list(rows)
+
+
+def sft(model: str | os.PathLike[str] | PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None,
+        traces: Sequence[Trace], config: TrainConfig, output_dir: str | os.PathLike[str] | None = None,
+        ) -> TrainResult:
+    """Supervised fine-tuning (LoRA) on the teacher traces, with loss on the assistant tokens only."""
+    if traces and not isinstance(traces[0], Trace):
+        raise TypeError(f"sft needs Trace records (full conversations), got {type(traces[0]).__name__}")
+    model, tokenizer = load_model(model, tokenizer)
+    out = Path(output_dir or Path(config.output_dir) / "sft")
+    cpu = config.device_is_cpu
+    args = SFTConfig(
+        output_dir=str(out), learning_rate=config.sft_lr, num_train_epochs=config.sft_epochs,
+        max_steps=config.sft_steps, per_device_train_batch_size=config.sft_batch_size, lr_scheduler_type="constant",
+        warmup_steps=0, logging_steps=config.logging_steps, report_to=config.report_to, seed=config.seed,
+        data_seed=config.seed, use_cpu=cpu, bf16=_bf16(cpu), gradient_checkpointing=False,
+        save_strategy="steps" if config.save_steps else "no", save_steps=config.save_steps or 500,
+        save_total_limit=config.save_total_limit, max_length=None, dataloader_num_workers=0,
+    )
+    trainer = SFTTrainer(
+        model=model, args=args, train_dataset=sft_dataset(traces, tokenizer), processing_class=tokenizer,
+        peft_config=config.lora(), callbacks=[MetricsFile(out / "metrics.jsonl")],
+    )
+    _train(trainer, out, config.resume)
+    return _finish(trainer, "sft", out, _name_of(model))
+
+
+# ------------------------------------------------------------------------------------------------------------ GRPO
+
+
+def grpo_dataset(references: Sequence[RewardReference]) -> Dataset:
+    """One row per reference: the task text as the prompt, and the reference (JSON) for the reward."""
+    if not references:
+        raise ValueError("no references to train on")
+    return Dataset.from_list([{"prompt": ref.task_input, "reference": ref.model_dump_json()} for ref in references])
+
+
+def rollout_metrics(rollouts: Sequence[Rollout]) -> dict[str, float]:
+    """Tool-call, invalid-call, turn and finish rates over ``rollouts``."""
+    n = max(1, len(rollouts))
+    return {
+        "rollout/tool_call_rate": sum(bool(r.tool_calls) for r in rollouts) / n,
+        "rollout/tool_calls": sum(len(r.tool_calls) for r in rollouts) / n,
+        "rollout/invalid_call_rate": sum(bool(r.invalid_calls) for r in rollouts) / n,
+        "rollout/turns": sum(r.turns for r in rollouts) / n,
+        "rollout/finished": sum(r.finished for r in rollouts) / n,
+    }
+
+
+def score_rollouts(rollouts: Sequence[Rollout], references: Sequence[RewardReference],
+                   reward: TeacherGuidedReward) -> tuple[list[float], dict[str, float]]:
+    """Rewards of ``rollouts`` against their references, and the mean of each breakdown component."""
+    results = [reward(r, ref) for r, ref in zip(rollouts, references, strict=True)]
+    names = sorted({k for res in results for k in res.breakdown if k != "gate"})
+    n = max(1, len(results))
+    means = {f"reward/{k}": sum(res.breakdown.get(k, 0.0) for res in results) / n for k in names}
+    means["reward/gated"] = sum("gate" in res.breakdown for res in results) / n
+    return [res.value for res in results], means
+
+
+def make_rollout_func(rollout_fn: RolloutFn, references: Sequence[RewardReference], config: TrainConfig):
+    """The TRL ``rollout_func``: runs ``rollout_fn`` on the references behind the (already repeated) prompts and
+    returns one token-exact rollout per prompt, with ``env_mask`` masking template and tool tokens."""
+    by_prompt = {ref.task_input: ref for ref in references}
+
+    def rollout_func(prompts: list[str], trainer: GRPOTrainer) -> dict[str, list]:
+        batch = [by_prompt[p] for p in prompts]
+        start = time.perf_counter()
+        rollouts = rollout_fn(batch, trainer.model, trainer.processing_class, config)
+        seconds = time.perf_counter() - start
+        if len(rollouts) != len(prompts):
+            raise RuntimeError(f"rollout_fn returned {len(rollouts)} rollouts for {len(prompts)} prompts")
+        rollouts = [_within_budget(r, config.max_completion_length) for r in rollouts]
+        return {
+            "prompt_ids": [r.prompt_ids for r in rollouts],
+            "completion_ids": [r.completion_ids for r in rollouts],
+            "logprobs": [r.logprobs for r in rollouts],
+            "env_mask": [r.completion_mask for r in rollouts],
+            "rollout": rollouts,
+            "rollout_seconds": seconds,
+        }
+
+    return rollout_func
+
+
+def _within_budget(rollout: Rollout, budget: int) -> Rollout:
+    if not rollout.completion_ids:
+        raise RuntimeError(f"rollout of task {rollout.task_id!r} has no completion tokens; the rollout_fn must "
+                           "record the sampled tokens (record_tokens=True)")
+    if len(rollout.completion_ids) <= budget:
+        return rollout
+    return rollout.model_copy(update={
+        "finished": False, "completion_ids": rollout.completion_ids[:budget],
+        "completion_mask": rollout.completion_mask[:budget], "logprobs": rollout.logprobs[:budget],
+    })
+
+
+def make_reward_func(reward: TeacherGuidedReward):
+    """The TRL reward function: scores each rollout against the reference of its dataset row, and logs the reward
+    breakdown and rollout rates as step metrics."""
+    parsed: dict[str, RewardReference] = {}
+
+    def teacher_guided_reward(prompts, completions, rollout, reference, log_metric=None, rollout_seconds=None,
+                              **_) -> list[float]:
+        refs = [parsed.setdefault(r, RewardReference.model_validate_json(r)) for r in reference]
+        values, components = score_rollouts(rollout, refs, reward)
+        if log_metric is not None:
+            for name, value in {**components, **rollout_metrics(rollout)}.items():
+                log_metric(name, value)
+            if rollout_seconds:
+                seconds = rollout_seconds[0]
+                log_metric("rollout/seconds", seconds)
+                log_metric("rollout/sampled_tokens_per_s", sum(sum(r.completion_mask) for r in rollout) / seconds)
+        return values
+
+    teacher_guided_reward.__name__ = reward.name
+    return teacher_guided_reward
+
+
+def grpo(model: str | os.PathLike[str] | PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None,
+         references: Sequence[RewardReference], rollout_fn: RolloutFn, config: TrainConfig,
+         output_dir: str | os.PathLike[str] | None = None, callbacks: Sequence[TrainerCallback] = ()) -> TrainResult:
+    """GRPO (TRL) with LoRA, rollouts from ``rollout_fn`` and the teacher-guided reward of ``config``."""
+    model, tokenizer = load_model(model, tokenizer)
+    out = Path(output_dir or Path(config.output_dir) / ("sparse" if config.method == "sparse" else "mentor"))
+    cpu = config.device_is_cpu
+    args = GRPOConfig(
+        output_dir=str(out), learning_rate=config.lr, max_steps=config.steps, lr_scheduler_type="constant",
+        warmup_steps=0, per_device_train_batch_size=config.prompts_per_step * config.num_generations,
+        gradient_accumulation_steps=1, num_generations=config.num_generations,
+        max_completion_length=config.max_completion_length, temperature=config.temperature, beta=config.beta,
+        loss_type=config.loss_type, scale_rewards=config.scale_rewards, logging_steps=config.logging_steps,
+        report_to=config.report_to, seed=config.seed, data_seed=config.seed, use_cpu=cpu, bf16=_bf16(cpu),
+        gradient_checkpointing=False, save_strategy="steps" if config.save_steps else "no",
+        save_steps=config.save_steps or 500, save_total_limit=config.save_total_limit, dataloader_num_workers=0,
+    )
+    reward = config.reward_fn
+    trainer = GRPOTrainer(
+        model=model, reward_funcs=make_reward_func(reward), args=args, train_dataset=grpo_dataset(references),
+        processing_class=tokenizer, peft_config=config.lora(),
+        rollout_func=make_rollout_func(rollout_fn, references, config),
+        callbacks=[MetricsFile(out / "metrics.jsonl"), *callbacks],
+    )
+    _train(trainer, out, config.resume)
+    return _finish(trainer, config.method, out, _name_of(model))
+
+
+def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, references: Sequence[RewardReference],
+             rollout_fn: RolloutFn, config: TrainConfig) -> dict[str, float]:
+    """One rollout per held-out reference: mean reward, its components, and the rollout rates."""
+    was_training = model.training
+    model.eval()
+    try:
+        rollouts = rollout_fn(list(references), model, tokenizer, config)
+    finally:
+        model.train(was_training)
+    values, components = score_rollouts(rollouts, references, config.reward_fn)
+    return {"reward": statistics.fmean(values), **components, **rollout_metrics(rollouts)}
+
+
+# ----------------------------------------------------------------------------------------------------- entry point
+
+
+def train(config: TrainConfig, model: str | os.PathLike[str] | PreTrainedModel,
+          tokenizer: PreTrainedTokenizerBase | None = None, *, traces: Sequence[Trace] | None = None,
+          references: Sequence[RewardReference] | None = None, held_out: Sequence[RewardReference] | None = None,
+          rollout_fn: RolloutFn | None = None) -> TrainResult:
+    """Run ``config.method``: ``sft`` on ``traces``; ``sparse`` / ``mentor`` GRPO on ``references`` (built from the
+    correct ``traces`` when not given); ``sft+mentor`` = SFT, merge the adapter into the base, then MENTOR GRPO with
+    a fresh adapter. ``held_out`` references are rolled out once each after training (``eval_metrics``).
+    """
+    torch.manual_seed(config.seed)
+    out = Path(config.output_dir)
+    if config.method in ("sft", "sft+mentor") and not traces:
+        raise ValueError(f"method {config.method!r} needs teacher traces")
+    if config.method != "sft":
+        if rollout_fn is None:
+            raise ValueError(f"method {config.method!r} needs a rollout_fn (e.g. integrations.langgraph.rollouts."
+                             "graph_rollout_fn(agent))")
+        if references is None:
+            references = build_references(traces or [])
+        if not references:
+            raise ValueError("no reward references: give references, or traces with correct verdicts")
+
+    sft_metrics: list[dict[str, Any]] = []
+    if config.method in ("sft", "sft+mentor"):
+        result = sft(model, tokenizer, traces, config, out / "sft")
+        if config.method == "sft":
+            return _evaluated(result, held_out, rollout_fn, config)
+        sft_metrics = result.metrics
+        model, tokenizer = merge(result, out / "sft" / "merged"), result.tokenizer
+    result = grpo(model, tokenizer, references, rollout_fn, config,
+                  out / ("sparse" if config.method == "sparse" else "mentor"))
+    result.sft_metrics = sft_metrics
+    return _evaluated(result, held_out, rollout_fn, config)
+
+
+def merge(result: TrainResult, out_dir: str | os.PathLike[str]) -> str:
+    """Merge ``result``'s adapter into its base and save model and tokenizer to ``out_dir``; returns the dir."""
+    merged = result.model.merge_and_unload() if isinstance(result.model, PeftModel) else result.model
+    merged.save_pretrained(out_dir)
+    result.tokenizer.save_pretrained(out_dir)
+    return str(out_dir)
+
+
+def _evaluated(result: TrainResult, held_out, rollout_fn, config: TrainConfig) -> TrainResult:
+    if held_out and rollout_fn is not None:
+        result.eval_metrics = evaluate(result.model, result.tokenizer, held_out, rollout_fn, config)
+    return result
+
+
+# ----------------------------------------------------------------------------------------------- runs, checkpoints
+
+
+class MetricsFile(TrainerCallback):
+    """Appends every log entry (with its step) to a JSONL file, flushed and fsynced per line."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def last_checkpoint(output_dir: str | os.PathLike[str]) -> Path | None:
+    """The newest checkpoint in ``output_dir`` that was written completely.
+
+    Transformers writes a checkpoint in place and its ``trainer_state.json`` last, so a process killed mid-save
+    leaves a directory without a readable state file; such directories are skipped.
+    """
+    found = []
+    for path in Path(output_dir).glob("checkpoint-*"):
+        match = _CHECKPOINT.match(path.name)
+        if match and _complete(path):
+            found.append((int(match.group(1)), path))
+    return max(found)[1] if found else None
+
+
+def _complete(checkpoint: Path) -> bool:
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _train(trainer, out: Path, resume: bool) -> None:
+    checkpoint = last_checkpoint(out) if resume else None
+    metrics = out / "metrics.jsonl"
+    if checkpoint is None:
+        if not resume and out.exists():
+            # A fresh run must not inherit stale checkpoints or metrics of an earlier run in the same directory.
+            for stale in [*out.glob("checkpoint-*"), metrics]:
+                shutil.rmtree(stale) if stale.is_dir() else stale.unlink(missing_ok=True)
+    else:
+        for partial in out.glob("checkpoint-*"):
+            if partial.is_dir() and not _complete(partial):
+                shutil.rmtree(partial)
+        # Steps logged after the checkpoint are redone on resume; drop their lines so each step appears once.
+        step = json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
+        if metrics.exists():
+            kept = [line for line in metrics.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+            tmp = metrics.with_suffix(".tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            os.replace(tmp, metrics)
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+
+
+def _finish(trainer, method: str, out: Path, base: str) -> TrainResult:
+    adapter = out / "adapter"
+    trainer.model.save_pretrained(adapter)
+    trainer.processing_class.save_pretrained(adapter)
+    (out / "train_config.json").write_text(json.dumps(
+        {"method": method, "base_model": base, "global_step": trainer.state.global_step}, indent=2))
+    return TrainResult(
+        method=method, output_dir=out, adapter_dir=adapter, base_model=base, model=trainer.model,
+        tokenizer=trainer.processing_class, metrics=list(trainer.state.log_history),
+    )
+
+
+def _name_of(model: PreTrainedModel) -> str:
+    return model.config.name_or_path
+
+
+def _bf16(cpu: bool) -> bool:
+    return not cpu and torch.cuda.is_bf16_supported()

@@ -1,0 +1,247 @@
+"""Training: SFT on teacher traces and GRPO through the real LangGraph calculator agent, with a tiny random student.
+
+The agent here is `create_agent` with two of the calculator's real tools (add, multiply) and single-step tasks, so
+that prompts stay short enough for CPU training inside the test budget.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from langchain.agents import create_agent
+from transformers import LogitsProcessor, LogitsProcessorList
+
+from mentor_agents.integrations.langgraph.calculator import TOOLS, ScriptedCalculatorTeacher, make_tasks
+from mentor_agents.integrations.langgraph.recording import record
+from mentor_agents.integrations.langgraph.rollouts import graph_rollout_fn, run_rollouts
+from mentor_agents.references import build_references
+from mentor_agents.student import load_student, make_tiny_student
+from mentor_agents.traces import TraceStore
+from mentor_agents.training import (
+    TrainConfig,
+    evaluate,
+    grpo,
+    last_checkpoint,
+    load_trained,
+    merge,
+    sft,
+    sft_dataset,
+)
+
+torch.set_num_threads(1)
+
+SYSTEM = "Use the tools."
+TOOL_NAMES = ("add", "multiply")
+
+
+def single_step_tasks(n: int, split: str, seed: int = 0):
+    tasks = make_tasks(6 * n, split, seed=seed)
+    return [t for t in tasks if t.metadata["tools"] in (["add"], ["multiply"]) and "(" not in t.input][:n]
+
+
+def agent(model):
+    return create_agent(model, [t for t in TOOLS if t.name in TOOL_NAMES], system_prompt=SYSTEM)
+
+
+def tiny_student(path: Path, seed: int = 0) -> Path:
+    """The tiny student with a wider embedding init: at the default 0.02 its tied output layer can hardly leave the
+    uniform distribution, and LoRA cannot fix that."""
+    make_tiny_student(path, seed=seed)
+    model, tokenizer = load_student(path)
+    with torch.no_grad():
+        model.get_input_embeddings().weight.mul_(5)
+    model.save_pretrained(path)
+    return path
+
+
+def config(tmp: Path, **overrides) -> TrainConfig:
+    base = dict(output_dir=str(tmp), max_new_tokens=40, max_turns=3, sft_lr=5e-3, sft_steps=48, lr=1e-3, beta=0.0)
+    return TrainConfig(**{**base, **overrides})
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("training")
+
+
+@pytest.fixture(scope="module")
+def student_dir(workdir) -> Path:
+    return tiny_student(workdir / "tiny")
+
+
+@pytest.fixture(scope="module")
+def traces(workdir):
+    teacher = agent(ScriptedCalculatorTeacher())
+    return record(teacher, single_step_tasks(64, "train"), TraceStore(workdir / "traces.jsonl"), progress=False)
+
+
+@pytest.fixture(scope="module")
+def held_out(workdir):
+    teacher = agent(ScriptedCalculatorTeacher())
+    traces = record(teacher, single_step_tasks(32, "test"), TraceStore(workdir / "held_out.jsonl"), progress=False)
+    return build_references(traces)
+
+
+@pytest.fixture(scope="module")
+def rollout_fn():
+    return graph_rollout_fn(agent(ScriptedCalculatorTeacher()))
+
+
+@pytest.fixture(scope="module")
+def sft_result(student_dir, traces, workdir):
+    return sft(student_dir, None, traces, config(workdir / "sft-run"))
+
+
+def test_sft_dataset_masks_exactly_the_assistant_turns(student_dir, traces):
+    _, tokenizer = load_student(student_dir)
+    row = sft_dataset(traces[:1], tokenizer)[0]
+    trained = tokenizer.decode([t for t, m in zip(row["input_ids"], row["assistant_masks"]) if m])
+    call = traces[0].tool_calls[0]
+    assert f'"name": "{call.name}"' in trained and traces[0].final_answer in trained
+    assert SYSTEM not in trained and traces[0].task_input not in trained and "<tool_response>" not in trained
+    assert trained.count("<|im_end|>") == 2  # both assistant turns learn to stop
+
+
+def test_sft_raises_valid_tool_calls_in_the_graph(student_dir, sft_result, held_out, rollout_fn, workdir):
+    cfg = config(workdir / "eval")
+    model, tokenizer = load_student(student_dir)
+    before = evaluate(model, tokenizer, held_out, rollout_fn, cfg)
+    after = evaluate(sft_result.model, sft_result.tokenizer, held_out, rollout_fn, cfg)
+    assert before["rollout/tool_call_rate"] < 0.1
+    assert after["rollout/tool_call_rate"] > before["rollout/tool_call_rate"] + 0.3
+    assert (sft_result.adapter_dir / "adapter_config.json").is_file()
+    assert [json.loads(line)["step"] for line in (sft_result.output_dir / "metrics.jsonl").read_text().splitlines()
+            ][-2:] == [48, 48]
+
+
+def test_mentor_grpo_after_sft_raises_the_mean_reward(sft_result, traces, rollout_fn, workdir):
+    base = merge(sft_result, workdir / "sft-merged")
+    cfg = config(workdir / "mentor", steps=40)
+    result = grpo(base, None, build_references(traces), rollout_fn, cfg)
+    rewards = [h["reward"] for h in result.metrics if "reward" in h]
+    assert len(rewards) == 40
+    first, last = statistics.fmean(rewards[:10]), statistics.fmean(rewards[-10:])
+    assert last - first > 0.05, f"mean reward {first:.3f} -> {last:.3f}: {[round(r, 2) for r in rewards]}"
+    logged = result.metrics[0]
+    for key in ("reward_std", "reward/correct", "reward/tool_match", "rollout/tool_call_rate",
+                "rollout/invalid_call_rate", "rollout/turns", "frac_reward_zero_std"):
+        assert key in logged, key
+    lines = (result.output_dir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines][:40] == list(range(1, 41))
+
+
+class ForceText(LogitsProcessor):
+    """Makes every turn the same fixed token sequence (here: a tool call with broken JSON), then the end token."""
+
+    def __init__(self, ids: list[int]):
+        self.ids = ids
+
+    def __call__(self, input_ids, scores):
+        forced = torch.full_like(scores, float("-inf"))
+        for row, seq in enumerate(input_ids.tolist()):
+            done = next(k for k in range(len(self.ids), -1, -1) if k == 0 or seq[-k:] == self.ids[:k])
+            forced[row, self.ids[min(done, len(self.ids) - 1)]] = 0.0
+        return forced
+
+
+def test_broken_json_gives_invalid_calls_and_low_rewards_not_errors(student_dir, traces, workdir):
+    _, tokenizer = load_student(student_dir)
+    text = '<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": }\n</tool_call><|im_end|>'
+    broken = LogitsProcessorList([ForceText(tokenizer(text)["input_ids"])])
+    fn = graph_rollout_fn(agent(ScriptedCalculatorTeacher()), logits_processor=broken)
+    cfg = config(workdir / "broken", steps=2, prompts_per_step=2, num_generations=2)
+    result = grpo(student_dir, None, build_references(traces), fn, cfg)
+    logged = [h for h in result.metrics if "reward" in h]
+    assert len(logged) == 2
+    assert all(h["rollout/invalid_call_rate"] == 1.0 and h["rollout/tool_calls"] == 0 for h in logged)
+    assert all(h["reward"] <= 0.1 for h in logged)
+
+
+def test_turn_limit_cuts_rollouts_and_they_score_zero(student_dir, traces, workdir):
+    _, tokenizer = load_student(student_dir)
+    text = '<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": 2}}\n</tool_call><|im_end|>'
+    looping = LogitsProcessorList([ForceText(tokenizer(text)["input_ids"])])
+    references = build_references(traces)[:2]
+    model, tokenizer = load_student(student_dir)
+    cfg = config(workdir / "loop", max_turns=2)
+    rollouts = run_rollouts(agent(ScriptedCalculatorTeacher()), references, model, tokenizer, cfg,
+                            logits_processor=looping)
+    assert [r.finished for r in rollouts] == [False, False]
+    assert all(r.turns == 2 and len(r.tool_calls) == 2 for r in rollouts)
+    assert all(cfg.reward_fn(r, ref).value == 0.0 for r, ref in zip(rollouts, references))
+    mask = rollouts[0].completion_mask
+    assert 0 in mask and mask[0] == 1 and mask[-1] == 1  # tool results in the middle are masked
+
+
+RESUMABLE = textwrap.dedent("""
+    import sys, time, torch
+    from pathlib import Path
+    from transformers import TrainerCallback
+    torch.set_num_threads(1)
+    sys.path.insert(0, {tests!r})
+    import test_training as t
+    from mentor_agents.references import build_references
+    from mentor_agents.traces import TraceStore
+    from mentor_agents.training import grpo
+
+    class WaitAfterSave(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            Path({marker!r}).write_text(str(state.global_step))
+            time.sleep(120)  # the test kills us here, right after a checkpoint is complete
+
+    refs = build_references(TraceStore({traces!r}).read())
+    cfg = t.config(Path({out!r}), steps=6, save_steps=2, prompts_per_step=2, num_generations=2, max_new_tokens=8,
+                   resume=bool(int(sys.argv[1])))
+    grpo({student!r}, None, refs, t.graph_rollout_fn(t.agent(t.ScriptedCalculatorTeacher())), cfg,
+         output_dir={out!r}, callbacks=[] if int(sys.argv[1]) else [WaitAfterSave()])
+""")
+
+
+def test_sigkill_after_a_checkpoint_then_resume_continues(student_dir, traces, workdir):
+    out, marker = workdir / "resume", workdir / "saved.marker"
+    script = workdir / "resumable.py"
+    script.write_text(RESUMABLE.format(tests=str(Path(__file__).parent), marker=str(marker),
+                                       traces=str(workdir / "traces.jsonl"), out=str(out), student=str(student_dir)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, str(script), "0"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    try:
+        while not marker.exists():
+            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert marker.read_text() == "2"
+    assert last_checkpoint(out).name == "checkpoint-2"
+    # A save killed half-way leaves a checkpoint directory without its trainer state: it must be ignored.
+    partial = out / "checkpoint-4"
+    partial.mkdir()
+    (partial / "adapter_model.safetensors").write_bytes(b"partial")
+    assert last_checkpoint(out).name == "checkpoint-2"
+
+    done = subprocess.run([sys.executable, str(script), "1"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    state = json.loads((out / "checkpoint-6" / "trainer_state.json").read_text())
+    assert state["global_step"] == 6
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps[:6] == [1, 2, 3, 4, 5, 6]  # steps 1-2 from the killed run, 3-6 after resuming, none twice
+    model, _ = load_trained(out / "adapter", base_model=str(student_dir))
+    assert sum(p.numel() for n, p in model.named_parameters() if "lora_" in n) > 0
+
+
+def test_config_rejects_unknown_method_and_reward():
+    with pytest.raises(ValueError, match="method"):
+        TrainConfig(method="rl")
+    with pytest.raises(ValueError, match="reward"):
+        TrainConfig(reward="dense")
