@@ -273,3 +273,13 @@ def test_serving_a_natively_streaming_model(base_url):
         text = "".join(c.choices[0].delta.content or "" for c in api.chat.completions.create(
             model="front", messages=[{"role": "user", "content": "hi"}], stream=True) if c.choices)
         assert text == "echo: hi"
+
+
+def test_open_bind_needs_an_api_key(rule_model):
+    from mentor_agents.integrations.openai.server import is_loopback, serve
+
+    assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
+    assert not is_loopback("0.0.0.0") and not is_loopback("10.0.0.5")
+    with pytest.raises(PermissionError, match="needs an API key"):
+        serve(create_app(rule_model, "rule"), host="0.0.0.0", port=0)
+    assert create_app(rule_model, "rule", api_key="k").state.requires_api_key

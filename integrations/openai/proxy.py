@@ -251,6 +251,8 @@ def create_proxy_app(upstream: str, store: TraceStore | str | os.PathLike[str], 
         await client.aclose()
 
     app = FastAPI(title=f"mentor_agents recording proxy -> {upstream}", lifespan=lifespan)
+    # Clients bring their own upstream key unless the proxy injects one; only then is an open bind a free pass.
+    app.state.requires_api_key = upstream_api_key is None
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError) -> JSONResponse:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import ipaddress
 import json
 import socket
 import threading
@@ -185,6 +186,7 @@ def create_app(chat_model: BaseChatModel, model_name: str, *, api_key: str | Non
     model calls run at once; the others wait.
     """
     app = FastAPI(title=f"mentor_agents: {model_name}")
+    app.state.requires_api_key = api_key is not None
     slots = asyncio.Semaphore(max_concurrency)
 
     @app.exception_handler(APIError)
@@ -369,6 +371,24 @@ def running_server(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> Iter
         sock.close()
 
 
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def serve(app: FastAPI, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Run ``app`` in the foreground until interrupted (Ctrl-C)."""
+    """Run ``app`` in the foreground until interrupted (Ctrl-C).
+
+    Binding an address other than loopback is refused unless the app checks an API key: a student endpoint open
+    to the network without one would let anyone run the model and its tool calls.
+    """
+    if not is_loopback(host) and not getattr(app.state, "requires_api_key", False):
+        raise PermissionError(
+            f"refusing to bind {host}: serving beyond loopback needs an API key (create_app(..., api_key=...), "
+            "or --api-key-env for `mentor serve`)"
+        )
     uvicorn.run(app, host=host, port=port, log_level="info")
