@@ -6,6 +6,7 @@ arguments as dicts, so that a trace can be fed to any chat template or OpenAI-co
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -179,8 +180,10 @@ class TraceStore:
         try:
             written = os.write(fd, data)
             if written != len(data):
-                raise OSError(f"short write to {self.path}: {written} of {len(data)} bytes")
+                raise OSError(errno.EIO, f"short write ({written} of {len(data)} bytes)")
             os.fsync(fd)
+        except OSError as e:
+            raise OSError(e.errno, f"{self.path}: could not append trace of task {trace.task_id!r}: {e.strerror}") from e
         finally:
             os.close(fd)
 
