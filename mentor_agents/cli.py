@@ -49,11 +49,336 @@ def run_proxy(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_proxy]
+def add_serve(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "serve", help="serve a student as an OpenAI-compatible endpoint",
+        description="Serve a saved student (a directory written by DistilledStudent.save / `mentor train`, a "
+                    "merged model directory, or an adapter directory) at /v1/chat/completions with tool calls, "
+                    "plus /v1/models and /health. Binds 127.0.0.1 unless --host says otherwise; any other address "
+                    "needs an API key.",
+    )
+    p.add_argument("model_dir", help="student directory (with merged/ and adapter/), model directory, or adapter")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--adapter", action="store_true",
+                   help="serve the base model with the LoRA adapter (adapter/) instead of the merged model")
+    p.add_argument("--model-name", help="the id clients pass as `model` (default: the directory name)")
+    p.add_argument("--api-key-env", metavar="VAR",
+                   help="environment variable holding the API key clients must send as a Bearer token")
+    p.add_argument("--max-new-tokens", type=int, default=512, help="default cap on generated tokens per request")
+    p.add_argument("--concurrency", type=int, default=1, help="model calls run at once; others wait in a queue")
+    p.set_defaults(func=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    path = Path(args.model_dir)
+    if not path.exists():
+        raise SystemExit(f"mentor serve: {path}: no such directory")
+    key = None
+    if args.api_key_env:
+        key = os.environ.get(args.api_key_env)
+        if not key:
+            raise SystemExit(f"mentor serve: --api-key-env {args.api_key_env}: that environment variable is not set")
+    from mentor_agents.integrations.langgraph.student_model import StudentChatModel
+    from mentor_agents.integrations.openai.server import create_app, is_loopback, serve
+
+    if not is_loopback(args.host) and key is None:
+        raise SystemExit(f"mentor serve: refusing to bind {args.host} without an API key (--api-key-env VAR)")
+    name = args.model_name or path.resolve().name
+    model = StudentChatModel.from_pretrained(str(path), adapter=args.adapter, model_name=name,
+                                             max_new_tokens=args.max_new_tokens)
+    app = create_app(model, name, api_key=key, max_concurrency=args.concurrency)
+    print(f"mentor serve: http://{args.host}:{args.port}/v1 serving {name!r} from {path}", file=sys.stderr)
+    serve(app, host=args.host, port=args.port)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------- pipeline stages
+
+BUILTIN_AGENTS = {"calculator": "mentor_agents.integrations.langgraph.calculator"}
+
+
+def add_agent_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("agent", help="the agent: 'calculator' (bundled, with its scripted teacher) or MODULE:ATTR naming "
+                                 "a compiled LangGraph graph or a function returning one")
+    p.add_argument("--run-dir", required=True, help="run directory shared by record, train, eval and report")
+    p.add_argument("--teacher-base-url", help="OpenAI-compatible teacher endpoint (default: the agent's own model)")
+    p.add_argument("--teacher-model", help="model name at the teacher endpoint")
+    p.add_argument("--teacher-api-key-env", metavar="VAR", default="OPENAI_API_KEY",
+                   help="environment variable holding the teacher's API key (default: OPENAI_API_KEY)")
+    p.add_argument("--lenient", action="store_true", help="parse tool calls the teacher writes as text")
+    p.add_argument("--concurrency", type=int, default=4, help="agent runs at once")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds per agent run")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def load_agent(spec: str) -> object:
+    import importlib
+
+    if spec in BUILTIN_AGENTS:
+        module = importlib.import_module(BUILTIN_AGENTS[spec])
+        return module.build_agent(module.ScriptedCalculatorTeacher())
+    if ":" not in spec:
+        raise SystemExit(f"agent {spec!r}: expected 'calculator' or MODULE:ATTR, e.g. my_app.agents:graph")
+    module_name, attr = spec.split(":", 1)
+    try:
+        obj = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise SystemExit(f"agent {spec!r}: {e}") from None
+    return obj if hasattr(obj, "invoke") else obj()
+
+
+def teacher_of(args: argparse.Namespace) -> object:
+    if not args.teacher_base_url:
+        return None
+    from mentor_agents.integrations.openai.teacher import OpenAITeacher
+
+    if not args.teacher_model:
+        raise SystemExit("--teacher-base-url needs --teacher-model")
+    return OpenAITeacher(base_url=args.teacher_base_url, model=args.teacher_model,
+                         api_key=os.environ.get(args.teacher_api_key_env) or "none", lenient=args.lenient)
+
+
+def tasks_argument(args: argparse.Namespace, name: str, split: str, default: int) -> list | None:
+    path, count = getattr(args, f"{name}_file"), getattr(args, f"num_{name}")
+    if path:
+        from mentor_agents.tasks import read_tasks
+
+        return read_tasks(path)
+    if args.agent in BUILTIN_AGENTS and (count or default):
+        import importlib
+
+        return importlib.import_module(BUILTIN_AGENTS[args.agent]).make_tasks(count or default, split, seed=args.seed)
+    return None
+
+
+def distill_config(args: argparse.Namespace) -> object:
+    from mentor_agents.distill import DistillConfig
+
+    return DistillConfig(concurrency=args.concurrency, timeout_s=args.timeout, seed=args.seed,
+                         consistency_samples=getattr(args, "samples", 3))
+
+
+def add_record(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "record", help="run the teacher agent on tasks and record traces and reward references",
+        description="Split the tasks into train / held-out test / out-of-domain, run the teacher agent on the "
+                    "train split, and write RUN_DIR/tasks.json, traces.jsonl and references.jsonl. Rerunning "
+                    "resumes: recorded tasks are skipped.",
+    )
+    add_agent_arguments(p)
+    p.add_argument("--tasks-file", help="JSONL tasks ({id, input, ground_truth, verifier: {kind: numeric|exact}})")
+    p.add_argument("--num-tasks", type=int, help="for the bundled agent: how many train tasks to generate (100)")
+    p.add_argument("--eval-file", help="JSONL held-out tasks (default: a share of the tasks)")
+    p.add_argument("--num-eval", type=int, help="for the bundled agent: held-out test tasks (30)")
+    p.add_argument("--ood-file", help="JSONL out-of-domain tasks")
+    p.add_argument("--num-ood", type=int, help="for the bundled agent: out-of-domain tasks (20)")
+    p.add_argument("--traces", help="an existing trace store (e.g. from `mentor proxy`) to take tasks and traces from")
+    p.add_argument("--samples", type=int, default=3, help="teacher samples per task without a verifier")
+    p.set_defaults(func=run_record)
+
+
+def run_record(args: argparse.Namespace) -> int:
+    from mentor_agents.distill import RunState, adapter_for, prepare_tasks, record_teacher
+    from mentor_agents.references import summarize
+
+    adapter = adapter_for(load_agent(args.agent))
+    teacher = adapter.teacher_model(teacher_of(args))
+    config = distill_config(args)
+    run = RunState.open(args.run_dir)
+    splits = prepare_tasks(run, adapter, tasks_argument(args, "tasks", "train", 100),
+                           args.traces, tasks_argument(args, "eval", "test", 30),
+                           tasks_argument(args, "ood", "ood", 20), teacher, config)
+    traces, references = record_teacher(run, adapter, splits, teacher, config, args.traces)
+    print(summarize(traces))
+    print(f"\n{len(references)} reward references in {run.run / 'references.jsonl'}")
+    return 0
+
+
+def add_train(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train", help="train a student on the recorded traces (sft, sparse, mentor, sft+mentor)",
+        description="Train STUDENT by METHOD on RUN_DIR's traces and references, with GRPO rollouts through the "
+                    "agent's own graph and tools. Checkpoints go to RUN_DIR/train/METHOD and a rerun resumes from "
+                    "the last one. The trained student is saved to RUN_DIR/students/METHOD (adapter/, merged/, "
+                    "model card) for `mentor serve`.",
+    )
+    add_agent_arguments(p)
+    p.add_argument("--student", default="tiny", help="alias, hub id, model directory or GGUF file (default: tiny)")
+    p.add_argument("--method", default="mentor", choices=["sft", "sparse", "mentor", "sft+mentor"])
+    p.add_argument("--reward", default="mentor", choices=["mentor", "sparse", "overlap", "no_match", "f1"],
+                   help="GRPO reward (MENTOR or one of its ablations)")
+    p.add_argument("--steps", type=int, help="GRPO steps")
+    p.add_argument("--sft-steps", type=int, help="SFT steps (-1: one epoch)")
+    p.add_argument("--lr", type=float, help="GRPO learning rate")
+    p.add_argument("--sft-lr", type=float, help="SFT learning rate")
+    p.add_argument("--num-generations", type=int, help="rollouts per task in a GRPO group")
+    p.add_argument("--prompts-per-step", type=int, help="tasks per GRPO step")
+    p.add_argument("--save-steps", type=int, help="checkpoint every N steps")
+    p.set_defaults(func=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from mentor_agents.distill import DistilledStudent, RunState, adapter_for, train_method
+    from mentor_agents.references import load_references
+    from mentor_agents.training import TrainConfig
+
+    run = RunState.open(args.run_dir)
+    if "traces" not in run.done:
+        raise SystemExit(f"mentor train: {run.run} has no recorded traces; run `mentor record` first")
+    from mentor_agents.traces import TraceStore
+
+    traces = TraceStore(run.run / "traces.jsonl").read(skip_invalid=True)
+    references = load_references(run.run / "references.jsonl")
+    overrides = {field: value for field, value in {
+        "reward": args.reward, "steps": args.steps, "sft_steps": args.sft_steps, "lr": args.lr,
+        "sft_lr": args.sft_lr, "num_generations": args.num_generations, "prompts_per_step": args.prompts_per_step,
+        "save_steps": args.save_steps, "seed": args.seed,
+    }.items() if value is not None}
+    adapter = adapter_for(load_agent(args.agent))
+    result = train_method(run, args.method, replace(TrainConfig(), **overrides), args.student, traces, references,
+                          adapter)
+    student = DistilledStudent(model=result.model, tokenizer=result.tokenizer, base_model=result.base_model,
+                               method=args.method, run_dir=run.run, adapter=adapter)
+    out = student.save(run.run / "students" / args.method.replace("+", "_"))
+    print(f"trained {args.method}: adapter {result.adapter_dir}; saved to {out} (serve it with `mentor serve {out}`)")
+    return 0
+
+
+def add_eval(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "eval", help="evaluate teacher, untrained student and trained students in the agent; or a model on BFCL",
+        description="Run the teacher, the untrained student and every student trained in RUN_DIR inside the agent "
+                    "on the held-out test and out-of-domain splits, then write RUN_DIR/metrics.json, report.md "
+                    "and plots. With --bfcl MODEL_DIR, score a saved student on BFCL v4 single-turn AST "
+                    "categories instead (needs `pip install --no-deps bfcl-eval==2026.3.23`).",
+    )
+    p.add_argument("agent", nargs="?", help="as for `mentor record` (not needed with --bfcl)")
+    p.add_argument("--run-dir", help="run directory")
+    p.add_argument("--student", default="tiny", help="the untrained student to compare against (default: tiny)")
+    p.add_argument("--bfcl", metavar="MODEL_DIR", help="score this saved student or model directory on BFCL")
+    p.add_argument("--categories", default="simple_python,multiple,parallel,parallel_multiple,irrelevance")
+    p.add_argument("--n-per-category", type=int, default=20)
+    p.add_argument("--bfcl-data", help="directory with BFCL_v4_*.json files (default: the installed bfcl-eval)")
+    for flag, kw in (("--teacher-base-url", {}), ("--teacher-model", {}), ("--lenient", {"action": "store_true"}),
+                     ("--concurrency", {"type": int, "default": 4}), ("--timeout", {"type": float, "default": 300.0}),
+                     ("--seed", {"type": int, "default": 0})):
+        p.add_argument(flag, **kw)
+    p.add_argument("--teacher-api-key-env", metavar="VAR", default="OPENAI_API_KEY")
+    p.set_defaults(func=run_eval)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    if args.bfcl:
+        return run_bfcl(args)
+    if not args.agent or not args.run_dir:
+        raise SystemExit("mentor eval: give AGENT and --run-dir (or --bfcl MODEL_DIR)")
+    from mentor_agents.distill import RunState, adapter_for, evaluate_models, write_report
+    from mentor_agents.references import load_references
+    from mentor_agents.student import load_student
+    from mentor_agents.traces import TraceStore
+    from mentor_agents.training import load_trained
+
+    run = RunState.open(args.run_dir)
+    if "tasks" not in run.done:
+        raise SystemExit(f"mentor eval: {run.run} has no tasks; run `mentor record` first")
+    adapter = adapter_for(load_agent(args.agent))
+    models = {"teacher": adapter.teacher_model(teacher_of(args)),
+              "untrained student": adapter.student_model(*load_student(args.student))}
+    trained = {key.split(":", 1)[1]: info for key, info in run.done.items() if key.startswith("train:")}
+    for name, info in trained.items():
+        models[name] = adapter.student_model(*load_trained(info["adapter_dir"], info["base_model"]))
+    config = distill_config(args)
+    splits = run.load_tasks()
+    results = evaluate_models(run, adapter, splits, models, config)
+    training = {name: read_metrics(info["metrics"]) for name, info in trained.items()}
+    method = list(trained)[-1] if trained else "untrained student"
+    report = write_report(run, args.student, method, TraceStore(run.run / "traces.jsonl").read(skip_invalid=True),
+                          load_references(run.run / "references.jsonl"), splits, results, training, config)
+    print(report)
+    return 0
+
+
+def read_metrics(path: str) -> list[dict]:
+    import json
+    from pathlib import Path
+
+    file = Path(path)
+    return [json.loads(line) for line in file.read_text().splitlines() if line.strip()] if file.exists() else []
+
+
+def run_bfcl(args: argparse.Namespace) -> int:
+    from mentor_agents.bfcl import evaluate_bfcl
+    from mentor_agents.integrations.langgraph.student_model import StudentChatModel
+
+    model = StudentChatModel.from_pretrained(args.bfcl, max_new_tokens=256)
+
+    def chat_fn(messages: list[dict], tools: list[dict]) -> list[dict]:
+        reply = model.bind_tools(tools).invoke(messages)
+        return [{"name": call["name"], "arguments": call["args"]} for call in reply.tool_calls]
+
+    report = evaluate_bfcl(chat_fn, args.categories.split(","), args.n_per_category, args.seed,
+                           data_dir=args.bfcl_data)
+    print(report.table())
+    return 0
+
+
+def add_report(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("report", help="print a run directory's report",
+                              description="Print RUN_DIR/report.md, written by `mentor eval` or `distill`.")
+    p.add_argument("--run-dir", required=True)
+    p.set_defaults(func=run_report)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    report = Path(args.run_dir) / "report.md"
+    if not report.exists():
+        raise SystemExit(f"mentor report: {report} does not exist; run `mentor eval` first")
+    print(report.read_text())
+    return 0
+
+
+def add_demo(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "demo", help="distill the bundled calculator agent into a tiny student on this machine (no key, no network)",
+        description="Record the calculator agent's scripted teacher (or --teacher-base-url), train a tiny student "
+                    "by SFT and by SFT+MENTOR, evaluate teacher, untrained student and both students on held-out "
+                    "and out-of-domain tasks, write the report and plots, and run the student in the graph.",
+    )
+    p.add_argument("--run-dir", default="runs/demo")
+    p.add_argument("--teacher-base-url")
+    p.add_argument("--teacher-model")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="a much smaller run, for a smoke test")
+    p.set_defaults(func=run_demo)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from mentor_agents.integrations.langgraph.demo import run_demo as demo
+
+    demo(run_dir=args.run_dir, teacher_base_url=args.teacher_base_url, teacher_model=args.teacher_model,
+         seed=args.seed, quick=args.quick)
+    return 0
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    add_demo, add_record, add_train, add_eval, add_report, add_serve, add_proxy,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mentor", description="Distill a tool-calling agent into a small student.")
+    parser = argparse.ArgumentParser(
+        prog="mentor",
+        description="Distill a tool-calling agent into a small student. Start with `mentor demo`; then, for your "
+                    "own agent: `mentor record`, `mentor train`, `mentor eval`, `mentor serve` (each reads and writes "
+                    "one run directory, so each stage can be rerun alone).",
+    )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in COMMANDS:
         add(subparsers)
@@ -62,7 +387,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, PermissionError, ValueError, RuntimeError, TypeError) as e:
+        print(f"mentor {args.command}: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

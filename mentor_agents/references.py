@@ -142,7 +142,7 @@ class TeacherSummary:
             "|---|---|",
             f"| traces | {self.traces} |",
             f"| failed runs | {self.failed} |",
-            f"| verdicts | " + ", ".join(f"{k} {v}" for k, v in sorted(self.verdicts.items())) + " |",
+            "| verdicts | " + ", ".join(f"{k} {v}" for k, v in sorted(self.verdicts.items())) + " |",
             f"| teacher success rate | {rate} |",
             f"| tool calls per task | {self.calls_per_task:.2f} |",
             f"| calls parsed from text | {self.parsed_from_text} |",

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
+from pathlib import Path
 from typing import Any, Callable, Literal, Union
 
 from pydantic import BaseModel, ConfigDict
@@ -66,3 +68,44 @@ class Task(BaseModel):
         if answer is None or not answer.strip():
             return "wrong"
         return "correct" if self.verifier(answer, self.ground_truth) else "wrong"
+
+
+def task_to_dict(task: Task) -> dict[str, Any]:
+    """A JSON-ready task; a callable verifier is written as ``"custom"`` (it cannot be stored)."""
+    verifier: Any = task.verifier
+    if isinstance(verifier, (ExactMatch, NumericMatch)):
+        verifier = verifier.model_dump()
+    elif verifier is not None:
+        verifier = "custom"
+    return {"id": task.id, "input": task.input, "ground_truth": task.ground_truth, "verifier": verifier,
+            "metadata": task.metadata}
+
+
+def task_from_dict(data: dict[str, Any], custom: dict[str, Verifier] | None = None) -> Task:
+    """The inverse of `task_to_dict`; ``custom`` gives back callable verifiers by task id."""
+    data = dict(data)
+    verifier = data.pop("verifier", None)
+    if verifier == "custom":
+        verifier = (custom or {}).get(data.get("id"))
+    elif isinstance(verifier, dict):
+        verifier = NumericMatch(**verifier) if verifier.get("kind") == "numeric" else ExactMatch(**verifier)
+    return Task(**data, verifier=verifier)
+
+
+def read_tasks(path: str | Path) -> list[Task]:
+    """Tasks from a JSONL file, one ``{"id", "input", "ground_truth"?, "verifier"?: {"kind": "exact"|"numeric",
+    ...}}`` object per line; a bad line raises an error naming the file and line."""
+    tasks = []
+    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            tasks.append(task_from_dict(json.loads(line)))
+        except (ValueError, TypeError, AttributeError) as e:
+            raise ValueError(f"{path}:{number}: not a task ({e})") from None
+    return tasks
+
+
+def write_tasks(tasks: list[Task], path: str | Path) -> None:
+    """Write tasks as JSONL for `read_tasks`; a callable verifier cannot be written and is kept as ``"custom"``."""
+    Path(path).write_text("".join(json.dumps(task_to_dict(task)) + "\n" for task in tasks))

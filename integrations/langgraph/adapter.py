@@ -1,0 +1,134 @@
+"""What `mentor_agents.distill` needs from a LangGraph agent: its teacher model, tools and system prompt, recording,
+task synthesis, GRPO rollouts through the graph, and the student as a chat model swapped into the graph."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any, Sequence
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import HumanMessage, SystemMessage
+from langchain_core.utils.function_calling import convert_to_openai_tool
+from langgraph.prebuilt import ToolNode
+
+from mentor_agents.integrations.langgraph.recording import record
+from mentor_agents.integrations.langgraph.rollouts import graph_rollout_fn
+from mentor_agents.integrations.langgraph.student_model import StudentChatModel, _Swapper, swap_model
+from mentor_agents.tasks import Task
+from mentor_agents.traces import Trace, TraceStore
+from mentor_agents.training import RolloutFn
+
+SYNTHESIS_REQUEST = "Write {count} new, varied user requests"
+"""How a task-synthesis prompt starts; a scripted teacher recognises it by this phrase."""
+
+
+def is_langgraph_agent(agent: Any) -> bool:
+    builder = getattr(agent, "builder", None)
+    return builder is not None and hasattr(builder, "nodes") and hasattr(agent, "invoke")
+
+
+class _Inspector(_Swapper):
+    """Walks the graph the way `swap_model` does, collecting chat models and system messages instead."""
+
+    def __init__(self) -> None:
+        super().__init__(chat_model=None)  # type: ignore[arg-type]
+        self.chat_models: list[BaseChatModel] = []
+        self.system_messages: list[str] = []
+
+    def _swap(self, value: Any) -> Any:
+        if isinstance(value, BaseChatModel):
+            self.chat_models.append(value)
+            return value
+        if isinstance(value, SystemMessage) and isinstance(value.content, str):
+            self.system_messages.append(value.content)
+            return value
+        return super()._swap(value)
+
+
+class LangGraphAdapter:
+    """Runs a compiled LangGraph graph for `distill`."""
+
+    def __init__(self, agent: Any):
+        self.agent = agent
+        inspector = _Inspector()
+        for spec in agent.builder.nodes.values():
+            inspector.swap(spec.runnable)
+        self.chat_models = inspector.chat_models
+        self.system_prompt = inspector.system_messages[0] if inspector.system_messages else None
+        self.tools = [
+            convert_to_openai_tool(tool)
+            for spec in agent.builder.nodes.values() if isinstance(spec.runnable, ToolNode)
+            for tool in spec.runnable.tools_by_name.values()
+        ]
+
+    def teacher_model(self, teacher: Any) -> BaseChatModel | None:
+        """``teacher`` as a chat model: a chat model as is, an `OpenAITeacher` through its ``chat_model()``, or None
+        for the agent's own model."""
+        if teacher is None or isinstance(teacher, BaseChatModel):
+            return teacher
+        if hasattr(teacher, "chat_model"):
+            return teacher.chat_model()
+        raise TypeError(f"teacher must be a LangChain chat model or an OpenAITeacher, got {type(teacher).__name__}")
+
+    def graph_for(self, model: BaseChatModel | None) -> Any:
+        return self.agent if model is None else swap_model(self.agent, model)
+
+    def record(self, tasks: Sequence[Task], store: TraceStore, *, model: BaseChatModel | None = None,
+               samples: int = 1, concurrency: int = 4, timeout_s: float = 300) -> list[Trace]:
+        return record(self.graph_for(model), list(tasks), store, samples=samples, concurrency=concurrency,
+                      timeout_s=timeout_s)
+
+    def synthesize_tasks(self, n: int, *, model: BaseChatModel | None = None, seed: int = 0,
+                         batch: int = 16, max_rounds: int | None = None) -> list[Task]:
+        """``n`` distinct user requests written by the teacher from the agent's tools and system prompt.
+
+        The teacher is asked for ``batch`` requests at a time, each round with its own seed; requests already seen
+        (ignoring case and spacing) are dropped. Tasks have no verifier: `distill` judges them by self-consistency.
+        """
+        writer = model or (self.chat_models[0] if self.chat_models else None)
+        if writer is None:
+            raise ValueError("the agent has no chat model to write tasks with; pass tasks or a teacher")
+        tools = "\n".join(
+            f"- {t['function']['name']}({', '.join(t['function'].get('parameters', {}).get('properties', {}))}): "
+            f"{t['function'].get('description', '')}" for t in self.tools
+        )
+        seen: dict[str, Task] = {}
+        for round_ in range(max_rounds or max(3, 3 * n // batch + 3)):
+            prompt = (
+                f"{SYNTHESIS_REQUEST.format(count=batch)} that this AI agent can complete with its tools. "
+                "Each request must be self-contained, with every value it needs. Write one request per line, "
+                "numbered '1.', '2.', ...; no other text.\n\n"
+                f"The agent's instructions:\n{self.system_prompt or '(none)'}\n\nIts tools:\n{tools}\n\n"
+                f"Variation seed: {seed}-{round_}"
+            )
+            reply = writer.invoke([SystemMessage("You write realistic requests that users send to an AI agent."),
+                                   HumanMessage(prompt)])
+            for line in str(reply.content).splitlines():
+                m = re.match(r"\s*\d+[.)]\s*(.+\S)", line)
+                if not m:
+                    continue
+                text = m.group(1).strip()
+                key = " ".join(text.casefold().split())
+                if key not in seen:
+                    seen[key] = Task(id="synth-" + hashlib.sha256(key.encode()).hexdigest()[:12], input=text,
+                                     metadata={"synthesized": True, "seed": seed})
+            if len(seen) >= n:
+                break
+        if not seen:
+            raise RuntimeError(f"the teacher wrote no parseable requests; its last reply was: {reply.content!r:.300}")
+        return list(seen.values())[:n]
+
+    def rollout_fn(self) -> RolloutFn:
+        return graph_rollout_fn(self.agent)
+
+    def student_model(self, model: Any, tokenizer: Any, **generation: Any) -> StudentChatModel:
+        return StudentChatModel(model=model, tokenizer=tokenizer, **generation)
+
+    def swap(self, chat_model: BaseChatModel, graph: Any = None) -> Any:
+        return swap_model(graph if graph is not None else self.agent, chat_model)
+
+    def describe(self) -> dict[str, Any]:
+        return {"system_prompt": self.system_prompt, "tools": [t["function"]["name"] for t in self.tools],
+                "models": [type(m).__name__ for m in self.chat_models]}
+

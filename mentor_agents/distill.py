@@ -1,0 +1,437 @@
+"""`distill(agent, student=...)`: record the teacher, build references, train the student, evaluate, report.
+
+Every stage writes its files into the run directory and is skipped when they are already there, so calling
+`distill` again with the same ``run_dir`` resumes where the last call stopped:
+
+```
+run_dir/
+  tasks.json            train / test / ood task splits (test and ood are never trained on)
+  traces.jsonl          teacher traces on the train split
+  references.jsonl      reward references (verified-correct traces)
+  train/<method>/       checkpoints, adapter, metrics.jsonl of each trained method
+  eval/<model>-<split>.jsonl   runs of each model on each held-out split
+  metrics.json  report.md  reward_curve.png  success.png
+```
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+from mentor_agents.evaluation import Metrics, comparison_table, evaluate_traces, plot_reward_curve, plot_success
+from mentor_agents.references import (
+    RewardReference,
+    build_references,
+    save_references,
+    self_consistency,
+    summarize,
+)
+from mentor_agents.tasks import Task, task_from_dict, task_to_dict
+from mentor_agents.traces import Trace, TraceStore
+from mentor_agents.training import RolloutFn, TrainConfig, TrainResult, load_trained, train
+
+
+
+class AgentAdapter(Protocol):
+    """What `distill` needs from an agent framework; `mentor_agents.integrations.langgraph.LangGraphAdapter`
+    implements it for LangGraph graphs."""
+
+    agent: Any
+
+    def teacher_model(self, teacher: Any) -> Any: ...
+
+    def record(self, tasks: Sequence[Task], store: TraceStore, *, model: Any = None, samples: int = 1,
+               concurrency: int = 4, timeout_s: float = 300) -> list[Trace]: ...
+
+    def synthesize_tasks(self, n: int, *, model: Any = None, seed: int = 0) -> list[Task]: ...
+
+    def rollout_fn(self) -> RolloutFn: ...
+
+    def student_model(self, model: Any, tokenizer: Any, **generation: Any) -> Any: ...
+
+    def swap(self, chat_model: Any, graph: Any = None) -> Any: ...
+
+
+def adapter_for(agent: Any) -> AgentAdapter:
+    """The integration that knows how to run ``agent``."""
+    from mentor_agents.integrations.langgraph.adapter import LangGraphAdapter, is_langgraph_agent
+
+    if is_langgraph_agent(agent):
+        return LangGraphAdapter(agent)
+    raise TypeError(
+        f"distill does not know how to run a {type(agent).__module__}.{type(agent).__name__}; "
+        "pass a compiled LangGraph graph (langchain.agents.create_agent, or StateGraph(...).compile())"
+    )
+
+
+@dataclass
+class DistillConfig:
+    """Settings of the whole pipeline. ``train`` holds the training settings (its method is set by `distill`)."""
+
+    train: TrainConfig = field(default_factory=TrainConfig)
+    synthetic_tasks: int = 64
+    """How many tasks the teacher writes when none are given."""
+    eval_fraction: float = 0.2
+    """Share of the tasks split off as the held-out test set when ``eval_tasks`` is not given."""
+    consistency_samples: int = 3
+    """Teacher samples per task whose agreement decides the verdict when a task has no verifier."""
+    baselines: tuple[str, ...] = ()
+    """Other methods to train and compare in the report, e.g. ``("sft",)``."""
+    concurrency: int = 4
+    timeout_s: float = 300.0
+    seed: int = 0
+
+
+@dataclass
+class DistilledStudent:
+    """The trained student: use it in the graph, evaluate it, save it, serve it."""
+
+    model: Any
+    tokenizer: Any
+    base_model: str
+    method: str
+    run_dir: Path
+    adapter: AgentAdapter
+    report: str = ""
+    """The markdown report: the comparison table and what was used."""
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def as_chat_model(self, **generation: Any) -> Any:
+        """The student as a chat model of the agent's framework (a LangChain chat model for LangGraph)."""
+        return self.adapter.student_model(self.model, self.tokenizer, **generation)
+
+    def swap_into(self, graph: Any = None) -> Any:
+        """A copy of ``graph`` (default: the distilled agent) that runs on the student; ``graph`` is unchanged."""
+        return self.adapter.swap(self.as_chat_model(), graph)
+
+    def evaluate(self, tasks: Sequence[Task], name: str = "custom") -> Metrics:
+        """Run the student in the agent on ``tasks`` and return its metrics."""
+        store = TraceStore(self.run_dir / "eval" / f"student-{name}.jsonl")
+        traces = self.adapter.record(list(tasks), store, model=self.as_chat_model())
+        return evaluate_traces(traces)
+
+    def save(self, out_dir: str | os.PathLike[str]) -> Path:
+        """Write ``adapter/``, ``merged/`` and a model card to ``out_dir`` (see `mentor_agents.export`)."""
+        from mentor_agents.export import ModelCard, export_student
+
+        run_file = self.run_dir / "run.json"
+        run = json.loads(run_file.read_text()) if run_file.exists() else {}
+        card = ModelCard(
+            base_model=self.base_model, method=self.method, teacher=run.get("teacher"),
+            traces=run.get("traces"), reward=run.get("reward"), training_config=run.get("train_config", {}),
+            evaluation=run.get("table"), tools=run.get("tools", []),
+        )
+        return export_student(self.model, self.tokenizer, out_dir, card)
+
+    def serve(self, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None) -> None:
+        """Serve the student as an OpenAI-compatible endpoint until interrupted (see ``mentor serve``)."""
+        from mentor_agents.integrations.openai.server import create_app, serve
+
+        serve(create_app(self.as_chat_model(), f"mentor/{self.method}", api_key=api_key), host=host, port=port)
+
+
+def distill(
+    agent: Any,
+    tasks: Sequence[Task | str] | None = None,
+    *,
+    student: str = "phi-3-mini",
+    teacher: Any = None,
+    traces: str | os.PathLike[str] | TraceStore | None = None,
+    method: str = "mentor",
+    eval_tasks: Sequence[Task | str] | None = None,
+    ood_tasks: Sequence[Task | str] | None = None,
+    config: DistillConfig | None = None,
+    run_dir: str | os.PathLike[str] | None = None,
+    resume: bool = True,
+) -> DistilledStudent:
+    """Distill ``agent`` into ``student``.
+
+    Args:
+        agent: a compiled LangGraph graph whose model is the teacher (unless ``teacher`` is given).
+        tasks: training requests (`Task`s or plain strings). Without them, tasks come from ``traces``, else the
+            teacher writes ``config.synthetic_tasks`` requests from the agent's tools and system prompt.
+        student: an alias (``phi-3-mini``, ``qwen2.5-0.5b-instruct``, ``tiny`` ...), a hub id, a local model
+            directory or a GGUF file.
+        teacher: a chat model, an `OpenAITeacher`, or None to use the agent's own model.
+        traces: an existing trace store (e.g. recorded by ``mentor proxy``) to train from.
+        method: ``mentor`` (or any reward ablation via ``config.train.reward``), ``sft``, ``sparse``, ``sft+mentor``.
+        eval_tasks: held-out in-domain tasks; by default ``config.eval_fraction`` of the tasks, split off first.
+        ood_tasks: out-of-domain tasks, evaluated only.
+        run_dir: where every stage's files go (default ``runs/distill``).
+        resume: reuse the files of finished stages in ``run_dir``.
+    """
+    config = config or DistillConfig()
+    run = RunState.open(run_dir or "runs/distill", resume)
+    adapter = adapter_for(agent)
+    teacher_model = adapter.teacher_model(teacher)
+
+    splits = prepare_tasks(run, adapter, tasks, traces, eval_tasks, ood_tasks, teacher_model, config)
+    teacher_traces, references = record_teacher(run, adapter, splits, teacher_model, config, traces)
+
+    results = {
+        name: train_method(run, name, config.train, student, teacher_traces, references, adapter, resume)
+        for name in dict.fromkeys([*config.baselines, method])
+    }
+
+    from mentor_agents.student import load_student
+
+    base_model, base_tokenizer = load_student(student)
+    models = {"teacher": teacher_model, "untrained student": adapter.student_model(base_model, base_tokenizer)}
+    models.update({name: adapter.student_model(r.model, r.tokenizer) for name, r in results.items()})
+    table_results = evaluate_models(run, adapter, splits, models, config)
+
+    final = results[method]
+    report = write_report(run, student, method, teacher_traces, references, splits, table_results,
+                          {name: r.metrics for name, r in results.items()}, config)
+    return DistilledStudent(model=final.model, tokenizer=final.tokenizer, base_model=final.base_model,
+                            method=method, run_dir=run.run, adapter=adapter, report=report,
+                            metrics=json.loads((run.run / "metrics.json").read_text()))
+
+
+# ------------------------------------------------------------------------------------------------------ stages
+
+
+def prepare_tasks(run: RunState, adapter: AgentAdapter, tasks: Sequence[Task | str] | None,
+                  traces: str | os.PathLike[str] | TraceStore | None, eval_tasks: Sequence[Task | str] | None,
+                  ood_tasks: Sequence[Task | str] | None, teacher_model: Any, config: DistillConfig,
+                  ) -> dict[str, list[Task]]:
+    """The train / test / ood splits (``tasks.json``); the held-out split is taken before anything is trained."""
+    if "tasks" not in run.done:
+        given = [as_task(t) for t in tasks] if tasks else None
+        if given is None and traces is not None:
+            given = tasks_from_traces(as_store(traces).read(skip_invalid=True))
+        if given is None:
+            given = adapter.synthesize_tasks(config.synthetic_tasks, model=teacher_model, seed=config.seed)
+        held_out = [as_task(t) for t in eval_tasks] if eval_tasks else None
+        if held_out is None:
+            shuffled = given[:]
+            random.Random(config.seed).shuffle(shuffled)
+            cut = max(1, int(len(shuffled) * config.eval_fraction)) if len(shuffled) > 1 else 0
+            held_out, given = shuffled[:cut], shuffled[cut:]
+        run.save_tasks({"train": given, "test": held_out, "ood": [as_task(t) for t in ood_tasks or []]})
+    return run.load_tasks(custom=[*(tasks or []), *(eval_tasks or []), *(ood_tasks or [])])
+
+
+def record_teacher(run: RunState, adapter: AgentAdapter, splits: dict[str, list[Task]], teacher_model: Any,
+                   config: DistillConfig, traces: str | os.PathLike[str] | TraceStore | None = None,
+                   ) -> tuple[list[Trace], list[RewardReference]]:
+    """Teacher traces on the train split (``traces.jsonl``, resumed task by task) and their references."""
+    store = TraceStore(run.run / "traces.jsonl")
+    if traces is not None and as_store(traces).path.resolve() != store.path.resolve() and "traces" not in run.done:
+        recorded = store.recorded_keys()
+        for trace in as_store(traces).read(skip_invalid=True):
+            if trace.key not in recorded:
+                store.append(trace)
+    checkable = all(t.verifier is not None and t.ground_truth is not None for t in splits["train"])
+    samples = 1 if checkable else config.consistency_samples
+    adapter.record(splits["train"], store, model=teacher_model, samples=samples,
+                   concurrency=config.concurrency, timeout_s=config.timeout_s)
+    teacher_traces = self_consistency(store.read(skip_invalid=True))
+    run.mark("traces")
+    references = build_references(teacher_traces)
+    save_references(references, run.run / "references.jsonl")
+    if not references:
+        summary = summarize(teacher_traces)
+        raise RuntimeError(f"no teacher trace was verified correct ({summary.traces} traces, verdicts "
+                           f"{summary.verdicts}); see {store.path}")
+    return teacher_traces, references
+
+
+def train_method(run: RunState, name: str, train_config: TrainConfig, student: str, traces: list[Trace],
+                 references: list[RewardReference], adapter: AgentAdapter, resume: bool = True) -> TrainResult:
+    """Train ``name`` into ``train/<name>/`` (resuming from its last checkpoint), or load it when a previous call
+    finished it."""
+    config = replace(train_config, method=name, output_dir=str(run.run / "train" / name.replace("+", "_")),
+                     resume=resume)
+    key = f"train:{name}"
+    if key in run.done:
+        info = run.done[key]
+        model, tokenizer = load_trained(info["adapter_dir"], info["base_model"])
+        metrics_path = Path(info["metrics"])
+        metrics = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()] \
+            if metrics_path.exists() else []
+        return TrainResult(method=name, output_dir=Path(config.output_dir), adapter_dir=Path(info["adapter_dir"]),
+                           base_model=info["base_model"], model=model, tokenizer=tokenizer, metrics=metrics)
+    from mentor_agents.student import load_student
+
+    model, tokenizer = load_student(student)
+    result = train(config, model, tokenizer, traces=traces, references=references, rollout_fn=adapter.rollout_fn())
+    stage = {"sft": "sft", "sparse": "sparse"}.get(name, "mentor")
+    run.mark(key, adapter_dir=str(result.adapter_dir), base_model=result.base_model,
+             metrics=str(Path(config.output_dir) / stage / "metrics.jsonl"))
+    return result
+
+
+def evaluate_models(run: RunState, adapter: AgentAdapter, splits: dict[str, list[Task]], models: dict[str, Any],
+                    config: DistillConfig) -> dict[tuple[str, str], Metrics]:
+    """Each model in the agent on each held-out split (``eval/<model>-<split>.jsonl``, resumed task by task).
+    The teacher's runs there are the references for tool-set match and argument accuracy; a model named
+    ``teacher`` is evaluated first."""
+    results: dict[tuple[str, str], Metrics] = {}
+    for split in ("test", "ood"):
+        if not splits[split]:
+            continue
+        references: dict[str, RewardReference] = {}
+        for name, model in sorted(models.items(), key=lambda kv: kv[0] != "teacher"):
+            traces = eval_traces(run, adapter, name, split, splits, model, config)
+            if name == "teacher":
+                references = {r.task_id: r for r in build_references(traces)}
+            results[(name, split)] = evaluate_traces(traces, references)
+    return results
+
+
+def write_report(run: RunState, student: str, method: str, teacher_traces: list[Trace],
+                 references: list[RewardReference], splits: dict[str, list[Task]],
+                 results: dict[tuple[str, str], Metrics], training: dict[str, list[dict[str, Any]]],
+                 config: DistillConfig) -> str:
+    """``metrics.json``, ``report.md``, ``reward_curve.png``, ``success.png`` and ``run.json`` (for model cards)."""
+    summary = summarize(teacher_traces)
+    table = comparison_table(results)
+    history = [row for row in training.get(method, []) if "reward" in row]
+    if history:
+        plot_reward_curve(history, run.run / "reward_curve.png", title=f"{method}: reward per step")
+    if results:
+        plot_success(results, run.run / "success.png")
+    write_json_atomic(run.run / "metrics.json", {
+        "teacher": asdict(summary),
+        "evaluation": {f"{m}|{s}": v.as_dict() for (m, s), v in results.items()},
+        "training": training,
+    })
+    report = render_report(student, method, summary, len(references), splits, table,
+                           learned_verdict(results, method), config, bool(history))
+    (run.run / "report.md").write_text(report)
+    reward = "none (supervised fine-tuning)" if method == "sft" else \
+        repr(replace(config.train, method=method).reward_fn).replace("TeacherGuidedReward", "")
+    write_json_atomic(run.run / "run.json", {
+        "student": student,
+        "teacher": teacher_traces[0].teacher_model if teacher_traces else None,
+        "traces": f"{summary.traces} teacher traces, {len(references)} verified references",
+        "reward": reward,
+        "train_config": asdict(replace(config.train, method=method)),
+        "table": table,
+        "tools": sorted({name for r in references for name in r.tool_names}),
+    })
+    return report
+
+
+def eval_traces(run: RunState, adapter: AgentAdapter, model_name: str, split: str,
+                splits: dict[str, list[Task]], model: Any, config: DistillConfig) -> list[Trace]:
+    store = TraceStore(run.run / "eval" / f"{model_name.replace(' ', '_').replace('+', '_')}-{split}.jsonl")
+    adapter.record(splits[split], store, model=model, concurrency=config.concurrency, timeout_s=config.timeout_s)
+    wanted = {t.id for t in splits[split]}
+    return [t for t in store.read(skip_invalid=True) if t.task_id in wanted]
+
+
+def learned_verdict(results: dict[tuple[str, str], Metrics], method: str) -> str:
+    before, after = results.get(("untrained student", "test")), results.get((method, "test"))
+    if before is None or after is None:
+        return "No held-out test split: cannot say whether the student learned."
+    if after.success > before.success:
+        return (f"The student learned: held-out success {before.success:.0%} before training, "
+                f"{after.success:.0%} after {method}.")
+    return (f"The student did NOT beat the untrained student on the held-out split "
+            f"({before.success:.0%} before, {after.success:.0%} after {method}).")
+
+
+def render_report(student: str, method: str, summary: Any, n_refs: int, splits: dict[str, list[Task]], table: str,
+                  learned: str, config: DistillConfig, has_curve: bool) -> str:
+    rate = "n/a" if summary.success_rate is None else f"{summary.success_rate:.0%}"
+    return f"""# Distillation report
+
+{learned}
+
+{table}
+
+## What was used
+
+| | |
+|---|---|
+| student | `{student}` |
+| method | `{method}` (baselines: {", ".join(config.baselines) or "none"}) |
+| reward | `{config.train.reward}` |
+| tasks | train {len(splits["train"])}, held-out test {len(splits["test"])}, out-of-domain {len(splits["ood"])} |
+| teacher traces | {summary.traces} (success rate {rate}, {summary.calls_per_task:.2f} calls per task) |
+| references | {n_refs} verified-correct traces |
+
+{"![reward curve](reward_curve.png)" if has_curve else ""}
+
+![success by method and split](success.png)
+"""
+
+
+# ------------------------------------------------------------------------------------------------ run directory
+
+
+class RunState:
+    """Which stages of a run directory are finished (``state.json``), and its task splits (``tasks.json``)."""
+
+    VERSION = 1
+
+    def __init__(self, run: Path, done: dict[str, Any] | None = None):
+        self.run, self.done = run, done or {}
+
+    @classmethod
+    def open(cls, run_dir: str | os.PathLike[str], resume: bool = True) -> RunState:
+        """The run directory's state; with ``resume=False`` every stage runs again (files are overwritten)."""
+        run = Path(run_dir)
+        run.mkdir(parents=True, exist_ok=True)
+        path = run / "state.json"
+        if not resume or not path.exists():
+            return cls(run)
+        data = json.loads(path.read_text())
+        if data.get("version") != cls.VERSION:
+            raise RuntimeError(f"{path} was written by an incompatible mentor_agents (state version "
+                               f"{data.get('version')!r}, this one reads {cls.VERSION}); use a new run_dir")
+        return cls(run, data["done"])
+
+    def mark(self, stage: str, **info: Any) -> None:
+        self.done[stage] = info or True
+        write_json_atomic(self.run / "state.json", {"version": self.VERSION, "done": self.done})
+
+    def save_tasks(self, splits: dict[str, list[Task]]) -> None:
+        write_json_atomic(self.run / "tasks.json", {
+            split: [task_to_dict(t) for t in tasks] for split, tasks in splits.items()
+        })
+        self.mark("tasks")
+
+    def load_tasks(self, custom: Sequence[Task | str] = ()) -> dict[str, list[Task]]:
+        """The stored splits; tasks whose verifier is a callable get it back from ``custom`` by id."""
+        callables = {t.id: t.verifier for t in custom if isinstance(t, Task) and t.verifier is not None}
+        data = json.loads((self.run / "tasks.json").read_text())
+        return {split: [task_from_dict(record, callables) for record in records] for split, records in data.items()}
+
+
+def as_task(task: Task | str) -> Task:
+    if isinstance(task, Task):
+        return task
+    import hashlib
+
+    return Task(id="task-" + hashlib.sha256(task.encode()).hexdigest()[:12], input=task)
+
+
+def as_store(traces: str | os.PathLike[str] | TraceStore) -> TraceStore:
+    return traces if isinstance(traces, TraceStore) else TraceStore(traces)
+
+
+def tasks_from_traces(traces: Sequence[Trace]) -> list[Task]:
+    """One task per distinct task id of ``traces``, with the ground truth and built-in verifier they carry."""
+    tasks: dict[str, Task] = {}
+    for trace in traces:
+        if trace.task_id not in tasks:
+            tasks[trace.task_id] = Task(id=trace.task_id, input=trace.task_input, ground_truth=trace.ground_truth,
+                                        verifier=trace.verifier)
+    return list(tasks.values())
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

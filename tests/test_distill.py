@@ -1,0 +1,86 @@
+"""`distill` end to end: tiny student, the scripted teacher served over HTTP, every stage, resume, swap_into;
+and the one-line call with no tasks, where the teacher writes them."""
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+from mentor_agents.distill import DistillConfig, distill
+from mentor_agents.integrations.langgraph.calculator import ScriptedCalculatorTeacher, build_agent, make_tasks
+from mentor_agents.integrations.openai.server import create_app, running_server
+from mentor_agents.integrations.openai.teacher import OpenAITeacher
+from mentor_agents.traces import TraceStore
+from mentor_agents.training import TrainConfig
+
+torch.set_num_threads(1)
+
+TINY = DistillConfig(
+    train=TrainConfig(sft_steps=4, steps=2, prompts_per_step=2, num_generations=2, max_new_tokens=24,
+                      max_turns=2, save_steps=1),
+    baselines=("sft",), concurrency=2, timeout_s=120,
+)
+
+
+@pytest.fixture(scope="module")
+def teacher_url():
+    with running_server(create_app(ScriptedCalculatorTeacher(), "scripted-teacher")) as url:
+        yield url
+
+
+def test_distill_every_stage_resume_and_swap(tmp_path, teacher_url):
+    agent = build_agent(ScriptedCalculatorTeacher())
+    teacher = OpenAITeacher(base_url=teacher_url, model="scripted-teacher", api_key="test-key")
+    run_dir = tmp_path / "run"
+    kwargs = dict(student="tiny", teacher=teacher, method="mentor", eval_tasks=make_tasks(3, "test"),
+                  ood_tasks=make_tasks(2, "ood"), config=TINY, run_dir=run_dir)
+    student = distill(agent, make_tasks(8, "train"), **kwargs)
+
+    for name in ("tasks.json", "traces.jsonl", "references.jsonl", "metrics.json", "report.md", "success.png",
+                 "reward_curve.png", "run.json", "state.json"):
+        assert (run_dir / name).exists(), name
+    traces = TraceStore(run_dir / "traces.jsonl").read()
+    assert len(traces) == 8 and all(t.verdict == "correct" for t in traces)
+    assert all(t.teacher_endpoint == teacher_url for t in traces)
+    assert "test-key" not in (run_dir / "traces.jsonl").read_text()
+    tasks = json.loads((run_dir / "tasks.json").read_text())
+    assert {len(tasks["train"]), len(tasks["test"]), len(tasks["ood"])} == {8, 3, 2}
+    assert not {t["id"] for t in tasks["train"]} & {t["id"] for t in tasks["test"]}
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert {"teacher|test", "untrained student|test", "sft|test", "mentor|ood"} <= set(metrics["evaluation"])
+    assert metrics["evaluation"]["teacher|test"]["success"] == 1.0
+    assert len(metrics["training"]["mentor"]) >= 2
+    assert "| teacher | test | 3 | 100%" in student.report
+    done = json.loads((run_dir / "state.json").read_text())["done"]
+    assert {"tasks", "traces", "train:sft", "train:mentor"} <= set(done)
+
+    # a second call resumes: no stage is redone, nothing is recorded twice
+    adapter_file = next((run_dir / "train").rglob("adapter_model.safetensors"))
+    stamp = adapter_file.stat().st_mtime_ns
+    again = distill(agent, make_tasks(8, "train"), **kwargs)
+    assert adapter_file.stat().st_mtime_ns == stamp
+    assert len(TraceStore(run_dir / "traces.jsonl").read()) == 8
+    assert len(TraceStore(run_dir / "eval" / "sft-test.jsonl").read()) == 3
+    assert again.report == student.report
+
+    # the student in the same graph, with the same tools; the teacher graph is unchanged
+    swapped = student.swap_into()
+    out = swapped.invoke({"messages": [("user", make_tasks(1, "test")[0].input)]})
+    assert out["messages"][-1].type == "ai"
+    teacher_out = agent.invoke({"messages": [("user", "What is 2 plus 3?")]})
+    assert teacher_out["messages"][-1].content.endswith("Answer: 5")
+
+
+def test_distill_with_no_tasks_synthesizes_them(tmp_path):
+    agent = build_agent(ScriptedCalculatorTeacher())
+    config = replace(TINY, synthetic_tasks=10, consistency_samples=2, baselines=())
+    distill(agent, student="tiny", method="sft", config=config, run_dir=tmp_path / "run")
+    tasks = json.loads((tmp_path / "run" / "tasks.json").read_text())
+    assert len(tasks["train"]) + len(tasks["test"]) == 10 and len(tasks["test"]) == 2
+    assert all(t["metadata"]["synthesized"] and t["verifier"] is None for t in tasks["train"])
+    traces = TraceStore(tmp_path / "run" / "traces.jsonl").read()
+    assert len(traces) == 2 * len(tasks["train"])  # two teacher samples per task
+    assert all(t.verdict == "correct" and t.metadata["agreement"] == 1.0 for t in traces)
+    references = (tmp_path / "run" / "references.jsonl").read_text().splitlines()
+    assert len(references) == len(tasks["train"])  # the samples agreed, so every task is verified by consistency
