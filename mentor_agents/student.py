@@ -98,7 +98,7 @@ def _train_tokenizer() -> PreTrainedTokenizerFast:
     def wrap(backend: Tokenizer) -> PreTrainedTokenizerFast:
         tok = PreTrainedTokenizerFast(
             tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-            bos_token=None, unk_token=None, padding_side="left", model_max_length=2048,
+            bos_token=None, unk_token=None, padding_side="left", model_max_length=8192,
         )
         tok.chat_template = QWEN2_5_TEMPLATE
         return tok
@@ -147,7 +147,7 @@ def make_tiny_student(out_dir: str | Path, seed: int = 0) -> Path:
     tokenizer = _train_tokenizer()
     config = Qwen2Config(
         vocab_size=len(tokenizer), hidden_size=128, intermediate_size=512, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=2048, tie_word_embeddings=True,
+        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=8192, tie_word_embeddings=True,
         bos_token_id=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(seed)
@@ -296,7 +296,7 @@ def hub_error_message(name: str, hub_id: str, error: BaseException) -> str:
 
 def tiny_student_dir(cache_dir: str | Path | None = None, seed: int = 0) -> Path:
     """The cached directory of `make_tiny_student` (built on first use)."""
-    out = cache_root(cache_dir) / f"tiny-seed{seed}"
+    out = cache_root(cache_dir) / f"tiny-v1-seed{seed}"
     if not (out / "config.json").is_file():
         build_atomically(out, lambda tmp: make_tiny_student(tmp, seed=seed))
     return out

@@ -1,3 +1,14 @@
 """LangGraph integration: record a graph's runs as teacher traces."""
 
 from mentor_agents.integrations.langgraph.recording import TraceRecorder, arecord, record, to_openai_messages
+from mentor_agents.integrations.langgraph.student_model import (
+    NotPrefixPreservingError,
+    StudentChatModel,
+    Stitched,
+    TokenRecord,
+    TokenRecorder,
+    prefix_preserved,
+    rollout_from_run,
+    stitch,
+    swap_model,
+)

@@ -1,0 +1,438 @@
+"""The student as a LangChain chat model, token-exact rollout recording, and swapping a model into a compiled graph.
+
+```python
+student = StudentChatModel.from_pretrained("tiny", do_sample=True)
+agent = swap_model(teacher_agent, student)                # same tools, prompts and structure
+recorder = TokenRecorder()
+state = agent.invoke({"messages": [("user", "What is 2 plus 3?")]}, config={"callbacks": [recorder]})
+rollout = rollout_from_run(state, recorder.records)      # messages + prompt/completion ids, mask, logprobs
+```
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import dataclasses
+import types
+import uuid
+from typing import Any, NamedTuple, Sequence
+
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.runnables import Runnable, RunnableBinding, RunnableLambda, RunnableSequence
+from langchain_core.utils.function_calling import convert_to_openai_tool
+from pydantic import ConfigDict
+
+from mentor_agents.integrations.langgraph.recording import to_openai_messages
+from mentor_agents.rollouts import Rollout
+from mentor_agents.student import end_markers, load_student, parse_generation, stop_token_ids
+
+# ------------------------------------------------------------------------------------------------ token recording
+
+
+class TokenRecord(NamedTuple):
+    """One model call: the rendered prompt, the sampled tokens (with the stop token, if one was sampled), their
+    log-probabilities under the model (``log_softmax(logits / temperature)``, before top-p and logits processors),
+    and the ids that end a turn."""
+
+    prompt_ids: list[int]
+    generated_ids: list[int]
+    logprobs: list[float]
+    end_ids: tuple[int, ...] = ()
+
+
+class TokenRecorder(BaseCallbackHandler):
+    """Collects the `TokenRecord` of every `StudentChatModel` call in one run, in call order.
+
+    Pass a fresh one per run: ``graph.invoke(inputs, config={"callbacks": [recorder]})``. Recorders travel with the
+    run's callbacks, so concurrent runs never mix.
+    """
+
+    def __init__(self) -> None:
+        self.records: list[TokenRecord] = []
+
+    def stitch(self, strict: bool = True) -> Stitched:
+        return stitch(self.records, strict=strict)
+
+
+class Stitched(NamedTuple):
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    completion_mask: list[int]
+    """1 on tokens the model sampled, 0 on tokens inserted by the chat template or by tool results."""
+    logprobs: list[float]
+    """The model's log-probabilities of the sampled completion tokens; 0.0 on inserted tokens."""
+
+
+class NotPrefixPreservingError(ValueError):
+    """A later prompt does not extend the previous prompt plus its generation, so tokens cannot be stitched exactly."""
+
+
+def stitch(records: Sequence[TokenRecord], strict: bool = True) -> Stitched:
+    """One training sequence from the model calls of a run: ``prompt = prompt_0`` and
+    ``completion = gen_0 + (prompt_1 - prompt_0 - gen_0) + gen_1 + ...``.
+
+    With ``strict=True`` every prompt must start with the previous prompt plus the tokens generated after it, which
+    holds when the template is prefix-preserving and the model wrote its turn exactly as the template re-renders it;
+    otherwise `NotPrefixPreservingError`. With ``strict=False`` a re-rendered assistant turn that differs from what
+    was sampled (other spacing or tokenization of a tool call) is skipped up to its end token, and the sampled tokens
+    are kept; the history before the turn must still be unchanged.
+    """
+    if not records:
+        raise ValueError("no token records to stitch: the run made no StudentChatModel call with a TokenRecorder")
+    prompt = list(records[0].prompt_ids)
+    completion: list[int] = []
+    mask: list[int] = []
+    logprobs: list[float] = []
+    for k, record in enumerate(records):
+        if len(record.logprobs) != len(record.generated_ids):
+            raise ValueError(f"model call {k}: {len(record.logprobs)} logprobs for {len(record.generated_ids)} tokens")
+        if k:
+            so_far = prompt + completion
+            ids = list(record.prompt_ids)
+            if ids[: len(so_far)] == so_far:
+                inserted = ids[len(so_far):]
+            elif strict:
+                at = next((i for i, (a, b) in enumerate(zip(ids, so_far)) if a != b), min(len(ids), len(so_far)))
+                raise NotPrefixPreservingError(
+                    f"model call {k}: its prompt does not start with the previous prompt plus the tokens generated "
+                    f"after it (first difference at token {at} of {len(so_far)}). The chat template is not "
+                    "prefix-preserving, or the model wrote its turn differently from how the template re-renders it "
+                    "(spacing or tokenization of a tool call); use stitch(records, strict=False) to keep the sampled "
+                    "tokens and skip the re-rendered turn"
+                )
+            else:
+                inserted = _after_rerendered_turn(records[k - 1], ids, k)
+            completion += inserted
+            mask += [0] * len(inserted)
+            logprobs += [0.0] * len(inserted)
+        completion += record.generated_ids
+        mask += [1] * len(record.generated_ids)
+        logprobs += record.logprobs
+    return Stitched(prompt, completion, mask, logprobs)
+
+
+def _after_rerendered_turn(previous: TokenRecord, ids: list[int], k: int) -> list[int]:
+    start = len(previous.prompt_ids)
+    if ids[:start] != list(previous.prompt_ids):
+        raise NotPrefixPreservingError(
+            f"model call {k}: its prompt does not start with the previous prompt, so the history before the last "
+            "assistant turn was re-rendered differently; the chat template is not prefix-preserving"
+        )
+    end = next((i for i in range(start, len(ids)) if ids[i] in previous.end_ids), None)
+    if end is None:
+        raise NotPrefixPreservingError(f"model call {k}: no end-of-turn token after the re-rendered assistant turn")
+    ended = bool(previous.generated_ids) and previous.generated_ids[-1] in previous.end_ids
+    return ids[end + 1:] if ended else ids[end:]
+
+
+def prefix_preserved(records: Sequence[TokenRecord]) -> bool:
+    """Whether `stitch` with ``strict=True`` succeeds: every re-rendered turn equals what was sampled."""
+    try:
+        stitch(records, strict=True)
+    except NotPrefixPreservingError:
+        return False
+    return True
+
+
+def rollout_from_run(
+    state: dict[str, Any] | Sequence[BaseMessage],
+    records: Sequence[TokenRecord] = (),
+    *,
+    task_id: str = "",
+    finished: bool = True,
+    strict: bool = True,
+) -> Rollout:
+    """A `Rollout` from a finished graph state (or its messages) and the run's token records (may be empty)."""
+    messages = openai_messages(state["messages"] if isinstance(state, dict) else state)
+    tokens: dict[str, Any] = {}
+    if records:
+        tokens = stitch(records, strict=strict)._asdict()
+    return Rollout.from_messages(messages, finished=finished, task_id=task_id, **tokens)
+
+
+def openai_messages(messages: Sequence[Any]) -> list[dict[str, Any]]:
+    """LangChain messages as OpenAI dicts for chat templates: tool-call arguments as dicts, tool messages named by
+    the call they answer where the message has no name, invalid tool calls as ``[{"name", "error"}]``."""
+    converted = to_openai_messages(messages)
+    names: dict[str, str] = {}
+    for original, message in zip(messages, converted):
+        for call in message.get("tool_calls") or []:
+            names[call["id"]] = call["function"]["name"]
+        if message["role"] == "tool" and "name" not in message and message.get("tool_call_id") in names:
+            message["name"] = names[message["tool_call_id"]]
+        invalid = getattr(original, "invalid_tool_calls", None)
+        if invalid:
+            message["invalid_tool_calls"] = [{"name": c.get("name"), "error": c.get("error")} for c in invalid]
+    return converted
+
+
+# ---------------------------------------------------------------------------------------------------- chat model
+
+
+class StudentChatModel(BaseChatModel):
+    """A local transformers causal LM as a LangChain chat model that calls tools through its chat template.
+
+    Tools bound with `bind_tools` are rendered by ``tokenizer.apply_chat_template(tools=...)``; the generation is
+    parsed by `mentor_agents.student.parse_generation`. Calls get fresh ``call_...`` ids; calls that do not parse or
+    name an unbound tool land in ``invalid_tool_calls`` (never an exception). ``tool_choice``: ``"none"`` leaves the
+    text unparsed; a tool name makes calls to other tools invalid; ``"required"``/``"any"`` are accepted but cannot
+    force a call (generation is not constrained). Generation stops at the eos / end-of-turn token or ``stop``.
+
+    Token records: every call adds a `TokenRecord` to each `TokenRecorder` among the run's callbacks. With
+    ``record_tokens=True`` a call without a recorder is an error, so a training loop cannot silently lose tokens.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    model: Any
+    tokenizer: Any
+    model_name: str = "student"
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    do_sample: bool = False
+    record_tokens: bool = False
+    logits_processor: Any = None
+    """An optional ``transformers.LogitsProcessorList`` applied during generation (constrained decoding)."""
+
+    @classmethod
+    def from_pretrained(
+        cls, name_or_dir: str, *, device: str | None = None, dtype: Any = None, cache_dir: str | None = None,
+        **fields: Any,
+    ) -> StudentChatModel:
+        """Load a student by alias, hub id, local directory or GGUF file (see `mentor_agents.student.load_student`)."""
+        model, tokenizer = load_student(name_or_dir, device=device, dtype=dtype, cache_dir=cache_dir)
+        return cls(model=model, tokenizer=tokenizer, model_name=fields.pop("model_name", str(name_or_dir)), **fields)
+
+    @property
+    def _llm_type(self) -> str:
+        return "mentor-student"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"model_name": self.model_name, "max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample,
+                "temperature": self.temperature, "top_p": self.top_p}
+
+    def bind_tools(self, tools: Sequence[Any], *, tool_choice: Any = None, **kwargs: Any) -> Runnable:
+        if tool_choice is not None:
+            kwargs["tool_choice"] = tool_choice
+        return self.bind(tools=[convert_to_openai_tool(t) for t in tools], **kwargs)
+
+    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: Any = None,
+                  **kwargs: Any) -> ChatResult:
+        return self._chat(messages, stop, _recorders(run_manager), **kwargs)
+
+    async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: Any = None,
+                         **kwargs: Any) -> ChatResult:
+        return await asyncio.to_thread(self._chat, messages, stop, _recorders(run_manager), **kwargs)
+
+    def _chat(self, messages: list[BaseMessage], stop: list[str] | None, recorders: list[TokenRecorder],
+              tools: list[dict] | None = None, tool_choice: Any = None, **_: Any) -> ChatResult:
+        import torch
+
+        if self.record_tokens and not recorders:
+            raise ValueError(
+                "record_tokens=True but the run has no TokenRecorder: invoke the graph with "
+                "config={'callbacks': [TokenRecorder()]}"
+            )
+        tokenizer, model = self.tokenizer, self.model
+        prompt_ids = list(tokenizer.apply_chat_template(
+            openai_messages(messages), tools=tools or None, add_generation_prompt=True, tokenize=True,
+            return_dict=True)["input_ids"])
+        end_ids = stop_token_ids(tokenizer, model)
+        input_ids = torch.tensor([prompt_ids], device=model.device)
+        sampling = dict(temperature=self.temperature, top_p=self.top_p) if self.do_sample else {}
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=self.max_new_tokens,
+                do_sample=self.do_sample, eos_token_id=end_ids, pad_token_id=tokenizer.pad_token_id,
+                logits_processor=self.logits_processor, stop_strings=stop or None,
+                tokenizer=tokenizer if stop else None, return_dict_in_generate=True, output_logits=bool(recorders),
+                **sampling,
+            )
+        generated = out.sequences[0, len(prompt_ids):].tolist()
+        cut = next((i + 1 for i, t in enumerate(generated) if t in end_ids), len(generated))
+        generated = generated[:cut]
+        stopped = bool(generated) and generated[-1] in end_ids
+        text = tokenizer.decode(generated[:-1] if stopped else generated, skip_special_tokens=False)
+
+        if tool_choice == "none":
+            for marker in end_markers(tokenizer):
+                text = text.split(marker, 1)[0]
+            content, calls, invalid = text, [], []
+        else:
+            offered = tools or []
+            name = _chosen_name(tool_choice)
+            if name is not None:
+                offered = [t for t in offered if t["function"]["name"] == name]
+            content, calls, invalid = parse_generation(text, offered, tokenizer)
+
+        if recorders:
+            logits = torch.stack(out.logits[: len(generated)], dim=1)[0].float()
+            scale = self.temperature if self.do_sample else 1.0
+            logprobs = torch.log_softmax(logits / scale, dim=-1)
+            picked = logprobs[torch.arange(len(generated)), torch.tensor(generated, device=logprobs.device)]
+            record = TokenRecord(prompt_ids, generated, picked.tolist(), tuple(end_ids))
+            for recorder in recorders:
+                recorder.records.append(record)
+
+        finish = "tool_calls" if calls else ("stop" if stopped else "length")
+        message = AIMessage(
+            content=content,
+            tool_calls=[{"name": c.name, "args": c.arguments, "id": c.id, "type": "tool_call"} for c in calls],
+            invalid_tool_calls=[
+                {"name": c.name, "args": c.text, "id": "call_" + uuid.uuid4().hex[:24], "error": c.error,
+                 "type": "invalid_tool_call"}
+                for c in invalid
+            ],
+            usage_metadata={"input_tokens": len(prompt_ids), "output_tokens": len(generated),
+                            "total_tokens": len(prompt_ids) + len(generated)},
+            response_metadata={"model_name": self.model_name, "finish_reason": finish},
+        )
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+
+def _recorders(run_manager: Any) -> list[TokenRecorder]:
+    handlers = getattr(run_manager, "handlers", None) or []
+    return [h for h in handlers if isinstance(h, TokenRecorder)]
+
+
+def _chosen_name(tool_choice: Any) -> str | None:
+    if isinstance(tool_choice, dict):
+        return tool_choice.get("function", tool_choice).get("name")
+    if isinstance(tool_choice, str) and tool_choice not in ("auto", "any", "required", "none"):
+        return tool_choice
+    return None
+
+
+# ------------------------------------------------------------------------------------------------------ swapping
+
+
+def swap_model(graph: Any, chat_model: BaseChatModel) -> Any:
+    """A new compiled graph with ``chat_model`` in place of every chat model in ``graph``; ``graph`` is unchanged.
+
+    Works on any compiled ``StateGraph`` (``langchain.agents.create_agent``, ``create_react_agent``, hand-built
+    graphs, and subgraphs used as nodes): the chat models referenced by node runnables, their tool bindings, and the
+    closures and default arguments of node functions are replaced, and the graph is compiled again with the same
+    checkpointer, store, interrupts and name. Tools bound to the old model are bound to the new one with the same
+    schemas and ``tool_choice``.
+    """
+    builder = getattr(graph, "builder", None)
+    if builder is None or not hasattr(builder, "nodes"):
+        raise TypeError(f"swap_model needs a compiled LangGraph StateGraph, got {type(graph).__name__}")
+    swapper = _Swapper(chat_model)
+    new_graph = swapper.graph(graph)
+    if new_graph is graph:
+        raise ValueError(
+            "swap_model found no chat model in the graph's nodes (looked in node runnables, tool bindings, closures "
+            "and default arguments of node functions, and subgraphs); a model held elsewhere, such as a module "
+            "global or an object attribute, cannot be replaced"
+        )
+    return new_graph
+
+
+class _Swapper:
+    def __init__(self, chat_model: BaseChatModel) -> None:
+        self.chat_model = chat_model
+        self.memo: dict[int, Any] = {}
+        self.busy: set[int] = set()
+
+    def graph(self, graph: Any) -> Any:
+        builder = graph.builder
+        nodes = {}
+        for name, spec in builder.nodes.items():
+            runnable = self.swap(spec.runnable)
+            nodes[name] = spec if runnable is spec.runnable else dataclasses.replace(spec, runnable=runnable)
+        if all(nodes[name] is spec for name, spec in builder.nodes.items()):
+            return graph
+        new_builder = copy.copy(builder)
+        new_builder.nodes = nodes
+        return new_builder.compile(
+            checkpointer=graph.checkpointer, store=graph.store, cache=graph.cache,
+            interrupt_before=graph.interrupt_before_nodes, interrupt_after=graph.interrupt_after_nodes,
+            debug=graph.debug, name=graph.name, transformers=getattr(graph, "stream_transformers", None),
+        )
+
+    def swap(self, value: Any) -> Any:
+        """``value`` with the chat model replaced, or ``value`` itself when it holds no chat model."""
+        key = id(value)
+        if key in self.memo:
+            return self.memo[key]
+        if key in self.busy:  # a closure that refers to itself
+            return value
+        self.busy.add(key)
+        try:
+            new = self._swap(value)
+        finally:
+            self.busy.discard(key)
+        self.memo[key] = new
+        return new
+
+    def _swap(self, value: Any) -> Any:
+        if isinstance(value, BaseChatModel):
+            return self.chat_model
+        if isinstance(value, RunnableBinding):
+            bound = self.swap(value.bound)
+            if bound is value.bound:
+                return value
+            if isinstance(value.bound, BaseChatModel) and "tools" in value.kwargs:
+                kwargs = dict(value.kwargs)
+                rebound = self.chat_model.bind_tools(kwargs.pop("tools"), tool_choice=kwargs.pop("tool_choice", None))
+                rebound = rebound.bind(**kwargs) if kwargs else rebound
+                return rebound.with_config(value.config) if value.config else rebound
+            return value.model_copy(update={"bound": bound})
+        if isinstance(value, RunnableSequence):
+            steps = [self.swap(step) for step in value.steps]
+            if all(a is b for a, b in zip(steps, value.steps)):
+                return value
+            return value.model_copy(update={"first": steps[0], "middle": steps[1:-1], "last": steps[-1]})
+        if hasattr(value, "builder") and hasattr(value, "attach_node"):  # a compiled subgraph
+            return self.graph(value)
+        if isinstance(value, Runnable) and hasattr(value, "func"):  # RunnableLambda, langgraph's RunnableCallable
+            func, afunc = self.swap(value.func), self.swap(getattr(value, "afunc", None))
+            if func is value.func and afunc is getattr(value, "afunc", None):
+                return value
+            new = copy.copy(value)
+            new.func = func
+            if afunc is not None:
+                new.afunc = afunc
+            return new
+        if isinstance(value, types.FunctionType):
+            return self._function(value)
+        if isinstance(value, (list, tuple)):
+            items = [self.swap(v) for v in value]
+            return value if all(a is b for a, b in zip(items, value)) else type(value)(items)
+        if isinstance(value, dict):
+            items = {k: self.swap(v) for k, v in value.items()}
+            return value if all(items[k] is v for k, v in value.items()) else items
+        return value
+
+    def _function(self, fn: types.FunctionType) -> types.FunctionType:
+        cells = fn.__closure__ or ()
+        contents = [self.swap(_cell_value(c)) for c in cells]
+        defaults = self.swap(fn.__defaults__) if fn.__defaults__ else fn.__defaults__
+        kwdefaults = self.swap(fn.__kwdefaults__) if fn.__kwdefaults__ else fn.__kwdefaults__
+        if (all(new is _cell_value(c) for new, c in zip(contents, cells)) and defaults is fn.__defaults__
+                and kwdefaults is fn.__kwdefaults__):
+            return fn
+        closure = tuple(c if new is _cell_value(c) else types.CellType(new) for new, c in zip(contents, cells))
+        new_fn = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, defaults, closure or None)
+        new_fn.__kwdefaults__ = kwdefaults
+        new_fn.__dict__.update(fn.__dict__)
+        new_fn.__qualname__, new_fn.__module__, new_fn.__doc__ = fn.__qualname__, fn.__module__, fn.__doc__
+        new_fn.__annotations__ = fn.__annotations__
+        return new_fn
+
+
+_EMPTY = object()
+
+
+def _cell_value(cell: types.CellType) -> Any:
+    try:
+        return cell.cell_contents
+    except ValueError:  # an unfilled cell (a name defined later in the enclosing function)
+        return _EMPTY
