@@ -224,16 +224,41 @@ def resolve_student(name: str) -> str:
 
 
 def load_student(
-    name: str | Path, *, device: str | None = None, dtype: Any = None, cache_dir: str | Path | None = None
+    name: str | Path,
+    *,
+    device: str | None = None,
+    dtype: Any = None,
+    cache_dir: str | Path | None = None,
+    adapter: str | Path | None = None,
 ) -> tuple[Any, Any]:
     """Load ``(model, tokenizer)`` for an alias, a hub id, a local directory, a ``.gguf`` file or ``"tiny"``.
 
     The device defaults to CUDA when present (bf16 where supported) else CPU (fp32). A GGUF file is dequantized once
-    into a trainable safetensors directory under ``<cache>/gguf/<sha256 prefix>`` and loaded from there. The
-    tokenizer is made ready for tool calls with `prepare_tokenizer`.
+    into a trainable safetensors directory under ``<cache>/gguf/<sha256 prefix>`` and loaded from there. A LoRA
+    adapter (``adapter=DIR``, or ``name`` itself an adapter directory naming its base model) is loaded on top with
+    peft; its tokenizer is used when the adapter directory has one. The tokenizer is made ready for tool calls with
+    `prepare_tokenizer`.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    adapter_dir = Path(adapter).expanduser() if adapter is not None else None
+    as_dir = Path(str(name)).expanduser()
+    if adapter_dir is None and (as_dir / "adapter_config.json").is_file() and not (as_dir / "config.json").is_file():
+        adapter_dir = as_dir
+        name = json.loads((as_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        if not (adapter_dir / "adapter_config.json").is_file():
+            raise StudentLoadError(f"adapter directory {str(adapter_dir)!r} has no adapter_config.json")
+        model, tokenizer = load_student(name, device=device, dtype=dtype, cache_dir=cache_dir)
+        if (adapter_dir / "tokenizer_config.json").is_file():
+            tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
+            if tokenizer.pad_token is None:
+                tokenizer.pad_token = tokenizer.eos_token
+            prepare_tokenizer(tokenizer)
+        return PeftModel.from_pretrained(model, str(adapter_dir)), tokenizer
 
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"

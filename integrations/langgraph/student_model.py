@@ -202,10 +202,11 @@ class StudentChatModel(BaseChatModel):
     @classmethod
     def from_pretrained(
         cls, name_or_dir: str, *, device: str | None = None, dtype: Any = None, cache_dir: str | None = None,
-        **fields: Any,
+        adapter: str | None = None, **fields: Any,
     ) -> StudentChatModel:
-        """Load a student by alias, hub id, local directory or GGUF file (see `mentor_agents.student.load_student`)."""
-        model, tokenizer = load_student(name_or_dir, device=device, dtype=dtype, cache_dir=cache_dir)
+        """Load a student by alias, hub id, local directory, GGUF file or LoRA adapter directory (optionally with
+        ``adapter=DIR`` on top); see `mentor_agents.student.load_student`. ``fields`` set generation settings."""
+        model, tokenizer = load_student(name_or_dir, device=device, dtype=dtype, cache_dir=cache_dir, adapter=adapter)
         return cls(model=model, tokenizer=tokenizer, model_name=fields.pop("model_name", str(name_or_dir)), **fields)
 
     @property
