@@ -33,6 +33,7 @@ from mentor_agents.references import (
 )
 from mentor_agents.tasks import Task, task_from_dict, task_to_dict
 from mentor_agents.traces import Trace, TraceStore
+from mentor_agents.student import TinyStudentConfig
 from mentor_agents.training import RolloutFn, TrainConfig, TrainResult, load_trained, train
 
 
@@ -85,6 +86,8 @@ class DistillConfig:
     concurrency: int = 4
     timeout_s: float = 300.0
     seed: int = 0
+    tiny: TinyStudentConfig = field(default_factory=TinyStudentConfig)
+    """Size of the ``student="tiny"`` model, built from scratch with a tokenizer fitted to the teacher traces."""
 
 
 @dataclass
@@ -172,6 +175,8 @@ def distill(
 
     splits = prepare_tasks(run, adapter, tasks, traces, eval_tasks, ood_tasks, teacher_model, config)
     teacher_traces, references = record_teacher(run, adapter, splits, teacher_model, config, traces)
+    if student == "tiny":
+        student = str(fitted_student(run.run / "student", teacher_traces, config))
 
     results = {
         name: train_method(run, name, config.train, student, teacher_traces, references, adapter, resume)
@@ -265,6 +270,19 @@ def train_method(run: RunState, name: str, train_config: TrainConfig, student: s
     run.mark(key, adapter_dir=str(result.adapter_dir), base_model=result.base_model,
              metrics=str(Path(config.output_dir) / stage / "metrics.jsonl"))
     return result
+
+
+def fitted_student(out: Path, traces: list[Trace], config: DistillConfig) -> Path:
+    """The ``tiny`` student of this run: a random model whose tokenizer is fitted to the teacher's conversations
+    (`mentor_agents.student.make_fitted_student`), built once into ``out``."""
+    from mentor_agents.student import build_atomically, make_fitted_student
+    from mentor_agents.training import conversation
+
+    if not (out / "config.json").is_file():
+        conversations = [(conversation(t), t.tools) for t in traces if t.error is None]
+        build_atomically(out, lambda tmp: make_fitted_student(tmp, conversations, seed=config.seed,
+                                                              config=config.tiny))
+    return out
 
 
 def evaluate_models(run: RunState, adapter: AgentAdapter, splits: dict[str, list[Task]], models: dict[str, Any],

@@ -4,6 +4,7 @@
 model, tokenizer = load_student("qwen2.5-0.5b-instruct")        # alias -> hub id
 model, tokenizer = load_student(find_packaged_gguf("smollm2-135m-instruct"))   # offline, converted once and cached
 model, tokenizer = load_student("tiny")                          # tiny random Qwen2 built offline, for tests
+make_fitted_student("out/calc", [(messages, tools), ...])        # from scratch, tokenizer fitted to one agent
 content, calls, invalid = parse_generation(text, tools, tokenizer)
 ```
 
@@ -25,8 +26,9 @@ import os
 import random
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from mentor_agents.toolcalls import InvalidCall, ParsedCall, as_call, parse_tool_calls
 
@@ -160,6 +162,97 @@ def make_tiny_student(out_dir: str | Path, seed: int = 0) -> Path:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+@dataclass
+class TinyStudentConfig:
+    """Size of a tiny student built from scratch for one agent by `make_fitted_student`."""
+
+    vocab_size: int = 4000
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    initializer_range: float = 0.1
+    """Wider than the usual 0.02: a from-scratch model at 0.02 leaves its near-uniform start far more slowly."""
+
+
+# Digits stay single tokens (copying numbers digit by digit is easy); newlines stay apart, so the turn boundaries of
+# the chat template tokenize the same in a full conversation and in a generation prompt. Everything else may merge,
+# so the system prompt and tool schemas that repeat in every conversation shrink to a few tokens.
+FITTED_SPLIT = r"\p{N}|\n+"
+
+
+def make_fitted_student(out_dir: str | Path, conversations: Sequence[tuple[list[dict], list[dict] | None]],
+                        seed: int = 0, config: TinyStudentConfig | None = None) -> Path:
+    """Build a tiny random student whose tokenizer is fitted to one agent's own conversations, into ``out_dir``.
+
+    ``conversations`` are ``(messages, tools)`` pairs (OpenAI-format messages, e.g. teacher traces), rendered
+    through the ChatML tools template to train a byte-level BPE. With the calculator agent a whole conversation
+    (system prompt, 12 tool schemas, calls, results) is about 120 tokens instead of about 1,700 with
+    `make_tiny_student`'s generic tokenizer, which makes training on CPU practical.
+
+    The model is a Llama (attention bias, untied embeddings): transformers reloads the tokenizer of a ``qwen2``
+    directory with Qwen2's own pre-tokenizer, which would undo the fitted one. Train it with LoRA adapters that keep
+    the other modules trained in full (``lora_modules_to_save``), since nothing in it is pretrained.
+    """
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if not conversations:
+        raise ValueError("make_fitted_student needs at least one (messages, tools) conversation to fit the tokenizer")
+    config = config or TinyStudentConfig()
+
+    def backend() -> Tokenizer:
+        bpe = Tokenizer(models.BPE())
+        bpe.normalizer = normalizers.NFC()
+        bpe.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(FITTED_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ])
+        bpe.decoder = decoders.ByteLevel()
+        return bpe
+
+    def wrap(bpe: Tokenizer) -> PreTrainedTokenizerFast:
+        tok = PreTrainedTokenizerFast(
+            tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+            bos_token=None, unk_token=None, padding_side="left", model_max_length=8192,
+        )
+        tok.chat_template = QWEN2_5_TEMPLATE
+        return tok
+
+    renderer = wrap(backend())
+    texts = [renderer.apply_chat_template(messages, tools=tools or None, tokenize=False)
+             for messages, tools in conversations]
+    bpe = backend()
+    bpe.train_from_iterator(texts, trainer=trainers.BpeTrainer(
+        vocab_size=config.vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    ))
+    tokenizer = wrap(bpe)
+    model_config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=config.hidden_size, intermediate_size=4 * config.hidden_size,
+        num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,
+        num_key_value_heads=config.num_heads, max_position_embeddings=8192, attention_bias=True,
+        tie_word_embeddings=False, initializer_range=config.initializer_range, bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(model_config)
+    model.generation_config = GenerationConfig(
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=True,
+        temperature=1.0, top_p=1.0, max_new_tokens=64,
+    )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+FITTED_FULL_MODULES = ["embed_tokens", "lm_head", "q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "down_proj"]
+"""`TrainConfig.lora_modules_to_save` for a `make_fitted_student` model, with ``lora_target_modules=["o_proj"]``:
+every weight trains in full (a random model has nothing for a low-rank update to adapt), and the result still
+saves, merges and loads like any LoRA adapter."""
 
 
 # ---------------------------------------------------------------------------------------------------------------------
