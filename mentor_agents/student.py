@@ -26,9 +26,10 @@ import os
 import random
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from mentor_agents.toolcalls import InvalidCall, ParsedCall, as_call, parse_tool_calls
 

@@ -30,10 +30,10 @@ TRAIN_TASKS, TEST_TASKS, OOD_TASKS = 1000, 30, 14
 DEMO_CONFIG = DistillConfig(
     train=TrainConfig(
         # SFT: every weight of the random student trains (LoRA on o_proj, the rest as modules_to_save).
-        sft_lr=2e-3, sft_steps=300, sft_batch_size=16,
+        sft_lr=3e-3, sft_steps=200, sft_batch_size=32,
         lora_r=32, lora_alpha=64, lora_target_modules=["o_proj"], lora_modules_to_save=FITTED_FULL_MODULES,
         # MENTOR GRPO after the SFT warm start; above about 3e-4 a tiny model degrades (grpo-cpu-learning.md).
-        lr=2e-4, steps=40, prompts_per_step=4, num_generations=8, max_turns=4, max_new_tokens=48,
+        lr=2e-4, steps=30, prompts_per_step=4, num_generations=8, max_turns=4, max_new_tokens=48,
         max_completion_length=256, beta=0.0, logging_steps=1,
     ),
     tiny=TinyStudentConfig(vocab_size=4000, hidden_size=128, num_layers=2, initializer_range=0.1),
