@@ -87,8 +87,8 @@ def run_serve(args: argparse.Namespace) -> int:
     if not is_loopback(args.host) and key is None:
         raise SystemExit(f"mentor serve: refusing to bind {args.host} without an API key (--api-key-env VAR)")
     name = args.model_name or path.resolve().name
-    model = StudentChatModel.from_pretrained(str(path), adapter=args.adapter, model_name=name,
-                                             max_new_tokens=args.max_new_tokens)
+    source = path / "adapter" if args.adapter and (path / "adapter").is_dir() else path
+    model = StudentChatModel.from_pretrained(str(source), model_name=name, max_new_tokens=args.max_new_tokens)
     app = create_app(model, name, api_key=key, max_concurrency=args.concurrency)
     print(f"mentor serve: http://{args.host}:{args.port}/v1 serving {name!r} from {path}", file=sys.stderr)
     serve(app, host=args.host, port=args.port)

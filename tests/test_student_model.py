@@ -8,7 +8,8 @@ import asyncio
 import pytest
 import torch
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
-from transformers import LogitsProcessor, LogitsProcessorList
+from forcing import ForceText
+from transformers import LogitsProcessorList
 
 from mentor_agents.integrations.langgraph import (
     NotPrefixPreservingError,
@@ -21,39 +22,12 @@ from mentor_agents.integrations.langgraph import (
 )
 from mentor_agents.integrations.langgraph.calculator import SYSTEM_PROMPT, TOOLS, ScriptedCalculatorTeacher, build_agent
 from mentor_agents.integrations.langgraph.student_model import openai_messages
-from mentor_agents.student import load_student
 
 torch.set_num_threads(1)
 
 QUESTION = "What is 3 plus 2?"
 CALL_TEXT = '<tool_call>\n{"name": "add", "arguments": {"a": 3, "b": 2}}\n</tool_call>'
 ANSWER_TEXT = "The sum is 5. Answer: 5"
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return load_student("tiny", cache_dir=tmp_path_factory.mktemp("cache"))
-
-
-class ForceText(LogitsProcessor):
-    """Forces the generation to a fixed text: a tool call on the first turn, the answer once a tool result is in
-    the prompt. Generation still runs through the model's real ``generate``."""
-
-    def __init__(self, tokenizer, first: str, after_tool: str) -> None:
-        end = [tokenizer.convert_tokens_to_ids("<|im_end|>")]
-        self.targets = [tokenizer.encode(first) + end, tokenizer.encode(after_tool) + end]
-        self.header = tokenizer.encode("<|im_start|>assistant\n")
-        self.tokenizer = tokenizer
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        ids = input_ids[0].tolist()
-        start = max(i for i in range(len(ids)) if ids[i:i + len(self.header)] == self.header) + len(self.header)
-        seen_tool = "<tool_response>" in self.tokenizer.decode(ids[:start])
-        target = self.targets[1 if seen_tool else 0]
-        step = min(len(ids) - start, len(target) - 1)
-        forced = torch.full_like(scores, float("-inf"))
-        forced[:, target[step]] = 0.0
-        return forced
 
 
 def forced_student(tiny, **fields) -> StudentChatModel:

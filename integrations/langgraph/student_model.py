@@ -16,13 +16,14 @@ import copy
 import dataclasses
 import types
 import uuid
+from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
-from langchain_core.runnables import Runnable, RunnableBinding, RunnableLambda, RunnableSequence
+from langchain_core.runnables import Runnable, RunnableBinding, RunnableSequence
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict
 
@@ -205,7 +206,11 @@ class StudentChatModel(BaseChatModel):
         adapter: str | None = None, **fields: Any,
     ) -> StudentChatModel:
         """Load a student by alias, hub id, local directory, GGUF file or LoRA adapter directory (optionally with
-        ``adapter=DIR`` on top); see `mentor_agents.student.load_student`. ``fields`` set generation settings."""
+        ``adapter=DIR`` on top); see `mentor_agents.student.load_student`. A directory written by
+        ``DistilledStudent.save`` loads its ``merged/`` model. ``fields`` set generation settings."""
+        export = Path(str(name_or_dir)).expanduser()
+        if (export / "merged" / "config.json").is_file() and not (export / "config.json").is_file():
+            name_or_dir = str(export / "merged")
         model, tokenizer = load_student(name_or_dir, device=device, dtype=dtype, cache_dir=cache_dir, adapter=adapter)
         return cls(model=model, tokenizer=tokenizer, model_name=fields.pop("model_name", str(name_or_dir)), **fields)
 
