@@ -242,7 +242,7 @@ def create_app(chat_model: BaseChatModel, model_name: str, *, api_key: str | Non
             if not isinstance(tools, list) or not all(isinstance(t, dict) and "function" in t for t in tools):
                 raise APIError(400, "'tools' must be a list of {'type': 'function', 'function': {...}}", param="tools")
             bind_kwargs = {} if body.get("tool_choice") is None else {"tool_choice": body["tool_choice"]}
-            model = chat_model.bind_tools(tools, **bind_kwargs)
+            model = model.bind_tools(tools, **bind_kwargs)
 
         completion_id = "chatcmpl-" + uuid.uuid4().hex
         created = int(time.time())
