@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
 import torch
+from accelerate import PartialState
 from datasets import Dataset
 from peft import LoraConfig, PeftModel
 from transformers import (
@@ -41,6 +42,7 @@ from transformers import (
 )
 from trl import GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer
 from trl.chat_template_utils import get_training_chat_template
+from trl.models import unwrap_model_for_generation
 
 from mentor_agents.references import RewardReference, build_references
 from mentor_agents.rewards import REWARD_NAMES, TeacherGuidedReward
@@ -73,10 +75,13 @@ class TrainConfig:
     sft_steps: int = -1
     """SFT optimiser steps; -1 runs ``sft_epochs`` epochs."""
     sft_batch_size: int = 8
+    """Sequences per optimiser step over all processes (split among them under `accelerate launch`)."""
     # GRPO
     lr: float = 3e-4
     steps: int = 10
     prompts_per_step: int = 4
+    """Prompts per optimiser step over all processes; each gets ``num_generations`` rollouts. Under `accelerate
+    launch` the batch is split among the processes, so a run has the same global batch on any process count."""
     num_generations: int = 8
     max_turns: int = 5
     max_new_tokens: int = 64
@@ -238,7 +243,8 @@ def sft(model: str | os.PathLike[str] | PreTrainedModel, tokenizer: PreTrainedTo
     cpu = config.device_is_cpu
     args = SFTConfig(
         output_dir=str(out), learning_rate=config.sft_lr, num_train_epochs=config.sft_epochs,
-        max_steps=config.sft_steps, per_device_train_batch_size=config.sft_batch_size, lr_scheduler_type="constant",
+        max_steps=config.sft_steps, per_device_train_batch_size=_per_device(config.sft_batch_size, "sft_batch_size"),
+        lr_scheduler_type="constant",
         warmup_steps=0, logging_steps=config.logging_steps, report_to=config.report_to, seed=config.seed,
         data_seed=config.seed, use_cpu=cpu, bf16=_bf16(cpu), gradient_checkpointing=False,
         save_strategy="steps" if config.save_steps else "no", save_steps=config.save_steps or 500,
@@ -293,7 +299,11 @@ def make_rollout_func(rollout_fn: RolloutFn, references: Sequence[RewardReferenc
     def rollout_func(prompts: list[str], trainer: GRPOTrainer) -> dict[str, list]:
         batch = [by_prompt[p] for p in prompts]
         start = time.perf_counter()
-        rollouts = rollout_fn(batch, trainer.model, trainer.processing_class, config)
+        # Each process rolls out its own share of the prompts; under DeepSpeed ZeRO-3 the sharded weights are
+        # gathered for generation, as in TRL's own generation path.
+        with unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator,
+                                         gather_deepspeed3_params=trainer.args.ds3_gather_for_generation) as model:
+            rollouts = rollout_fn(batch, model, trainer.processing_class, config)
         seconds = time.perf_counter() - start
         if len(rollouts) != len(prompts):
             raise RuntimeError(f"rollout_fn returned {len(rollouts)} rollouts for {len(prompts)} prompts")
@@ -353,7 +363,9 @@ def grpo(model: str | os.PathLike[str] | PreTrainedModel, tokenizer: PreTrainedT
     cpu = config.device_is_cpu
     args = GRPOConfig(
         output_dir=str(out), learning_rate=config.lr, max_steps=config.steps, lr_scheduler_type="constant",
-        warmup_steps=0, per_device_train_batch_size=config.prompts_per_step * config.num_generations,
+        warmup_steps=0,
+        per_device_train_batch_size=_per_device(config.prompts_per_step * config.num_generations,
+                                                "prompts_per_step * num_generations"),
         gradient_accumulation_steps=1, num_generations=config.num_generations,
         max_completion_length=config.max_completion_length, temperature=config.temperature, beta=config.beta,
         loss_type=config.loss_type, scale_rewards=config.scale_rewards, logging_steps=config.logging_steps,
@@ -415,7 +427,12 @@ def train(config: TrainConfig, model: str | os.PathLike[str] | PreTrainedModel,
         if config.method == "sft":
             return _evaluated(result, held_out, rollout_fn, config)
         sft_metrics = result.metrics
-        model, tokenizer = merge(result, out / "sft" / "merged"), result.tokenizer
+        merged = out / "sft" / "merged"
+        state = PartialState()
+        if state.is_main_process:
+            merge(result, merged)
+        state.wait_for_everyone()
+        model, tokenizer = str(merged), result.tokenizer
     result = grpo(model, tokenizer, references, rollout_fn, config,
                   out / ("sparse" if config.method == "sparse" else "mentor"))
     result.sft_metrics = sft_metrics
@@ -483,12 +500,13 @@ def _complete(checkpoint: Path) -> bool:
 def _train(trainer, out: Path, resume: bool) -> None:
     checkpoint = last_checkpoint(out) if resume else None
     metrics = out / "metrics.jsonl"
+    main = trainer.is_world_process_zero()  # one process tidies the run directory; the others wait below
     if checkpoint is None:
-        if not resume and out.exists():
+        if main and not resume and out.exists():
             # A fresh run must not inherit stale checkpoints or metrics of an earlier run in the same directory.
             for stale in [*out.glob("checkpoint-*"), metrics]:
                 shutil.rmtree(stale) if stale.is_dir() else stale.unlink(missing_ok=True)
-    else:
+    elif main:
         for partial in out.glob("checkpoint-*"):
             if partial.is_dir() and not _complete(partial):
                 shutil.rmtree(partial)
@@ -499,15 +517,18 @@ def _train(trainer, out: Path, resume: bool) -> None:
             tmp = metrics.with_suffix(".tmp")
             tmp.write_text("".join(line + "\n" for line in kept))
             os.replace(tmp, metrics)
+    trainer.accelerator.wait_for_everyone()
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
 
 def _finish(trainer, method: str, out: Path, base: str) -> TrainResult:
     adapter = out / "adapter"
-    trainer.model.save_pretrained(adapter)
-    trainer.processing_class.save_pretrained(adapter)
-    (out / "train_config.json").write_text(json.dumps(
-        {"method": method, "base_model": base, "global_step": trainer.state.global_step}, indent=2))
+    if trainer.is_world_process_zero():
+        trainer.model.save_pretrained(adapter)
+        trainer.processing_class.save_pretrained(adapter)
+        (out / "train_config.json").write_text(json.dumps(
+            {"method": method, "base_model": base, "global_step": trainer.state.global_step}, indent=2))
+    trainer.accelerator.wait_for_everyone()
     return TrainResult(
         method=method, output_dir=out, adapter_dir=adapter, base_model=base, model=trainer.model,
         tokenizer=trainer.processing_class, metrics=list(trainer.state.log_history),
@@ -516,6 +537,14 @@ def _finish(trainer, method: str, out: Path, base: str) -> TrainResult:
 
 def _name_of(model: PreTrainedModel) -> str:
     return model.config.name_or_path
+
+
+def _per_device(batch: int, name: str) -> int:
+    # WORLD_SIZE is set by `accelerate launch` / torchrun before the trainer exists.
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    if batch % processes:
+        raise ValueError(f"{name} = {batch} does not split evenly over {processes} processes")
+    return batch // processes
 
 
 def _bf16(cpu: bool) -> bool:
