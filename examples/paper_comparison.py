@@ -2,7 +2,7 @@
 domain and out of domain, with SmolLM2-135M-Instruct as the student.
 
 ```bash
-OMP_NUM_THREADS=1 python examples/paper_comparison.py --scale small --seeds 0        # about 1.5 h on 2 CPU cores
+OMP_NUM_THREADS=1 python examples/paper_comparison.py --scale small --seeds 0        # about 80 min on 2 CPU cores
 OMP_NUM_THREADS=1 python examples/paper_comparison.py --scale small --seeds 0 1      # adds seed 1, keeps seed 0
 python examples/paper_comparison.py --report-only                                    # rewrite results from the runs
 ```
@@ -112,9 +112,10 @@ SCALES = {
     # Every stage once, in minutes: for shaking out bugs, not for numbers.
     "smoke": Scale(train=6, test=2, ood=2, inventory=2, bfcl_per_category=1, sft_steps=2, sft_batch_size=2,
                    grpo_steps=1, prompts_per_step=1, num_generations=2, max_new_tokens=48, max_turns=3),
-    # About 80 min per (teacher, seed) on a contended 2-core CPU at one thread.
-    "small": Scale(train=40, test=12, ood=12, inventory=12, bfcl_per_category=8, sft_steps=60, sft_batch_size=2,
-                   grpo_steps=10, prompts_per_step=2, num_generations=4, max_new_tokens=96),
+    # About 80 min per (teacher, seed) on a contended 2-core CPU at one thread, where one SFT step (2 conversations
+    # of ~1,300 tokens: the 12 tool schemas alone are ~1,100) took 62 s and one GRPO step with 2 rollouts 60 s.
+    "small": Scale(train=40, test=8, ood=8, inventory=8, bfcl_per_category=3, sft_steps=10, sft_batch_size=2,
+                   grpo_steps=3, prompts_per_step=1, num_generations=4, max_new_tokens=96),
     # Hours on a CPU; minutes on a GPU.
     "full": Scale(train=400, test=50, ood=28, inventory=40, bfcl_per_category=25, sft_steps=400, sft_batch_size=8,
                   grpo_steps=100, prompts_per_step=4, num_generations=8, max_new_tokens=128, max_turns=5),
