@@ -30,13 +30,13 @@ TRAIN_TASKS, TEST_TASKS, OOD_TASKS = 1000, 30, 14
 DEMO_CONFIG = DistillConfig(
     train=TrainConfig(
         # SFT: every weight of the random student trains (LoRA on o_proj, the rest as modules_to_save).
-        sft_lr=3e-3, sft_steps=200, sft_batch_size=32,
+        sft_lr=2e-3, sft_lr_scheduler="cosine", sft_steps=240, sft_batch_size=32,
         lora_r=32, lora_alpha=64, lora_target_modules=["o_proj"], lora_modules_to_save=FITTED_FULL_MODULES,
         # MENTOR GRPO after the SFT warm start; above about 3e-4 a tiny model degrades (grpo-cpu-learning.md).
-        lr=2e-4, steps=30, prompts_per_step=4, num_generations=8, max_turns=4, max_new_tokens=48,
+        lr=2e-4, steps=20, prompts_per_step=4, num_generations=8, max_turns=4, max_new_tokens=48,
         max_completion_length=256, beta=0.0, logging_steps=1,
     ),
-    tiny=TinyStudentConfig(vocab_size=4000, hidden_size=128, num_layers=2, initializer_range=0.1),
+    tiny=TinyStudentConfig(vocab_size=4000, hidden_size=256, num_layers=4, num_heads=8, initializer_range=0.1),
     baselines=("sft",),
     concurrency=4,
 )
@@ -46,7 +46,7 @@ QUICK_CONFIG = replace(
     DEMO_CONFIG,
     train=replace(DEMO_CONFIG.train, sft_steps=10, sft_batch_size=8, steps=2, prompts_per_step=2, num_generations=2,
                   max_new_tokens=24, max_completion_length=96),
-    tiny=replace(DEMO_CONFIG.tiny, hidden_size=32, vocab_size=1000),
+    tiny=replace(DEMO_CONFIG.tiny, hidden_size=32, num_layers=2, num_heads=4, vocab_size=1000),
 )
 """A CI-sized run of every stage; too short to learn anything."""
 
