@@ -322,7 +322,7 @@ def write_report(run: RunState, student: str, method: str, teacher_traces: list[
     })
     report = render_report(student, method, summary, len(references), splits, table,
                            learned_verdict(results, method), config, bool(history))
-    (run.run / "report.md").write_text(report)
+    write_text_atomic(run.run / "report.md", report)
     reward = "none (supervised fine-tuning)" if method == "sft" else \
         repr(replace(config.train, method=method).reward_fn).replace("TeacherGuidedReward", "")
     write_json_atomic(run.run / "run.json", {
@@ -447,9 +447,16 @@ def tasks_from_traces(traces: Sequence[Trace]) -> list[Task]:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, default=str))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

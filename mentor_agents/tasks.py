@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from pathlib import Path
 from typing import Any, Callable, Literal, Union
@@ -108,4 +109,7 @@ def read_tasks(path: str | Path) -> list[Task]:
 
 def write_tasks(tasks: list[Task], path: str | Path) -> None:
     """Write tasks as JSONL for `read_tasks`; a callable verifier cannot be written and is kept as ``"custom"``."""
-    Path(path).write_text("".join(json.dumps(task_to_dict(task)) + "\n" for task in tasks))
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(task_to_dict(task)) + "\n" for task in tasks))
+    os.replace(tmp, path)

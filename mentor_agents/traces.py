@@ -211,7 +211,7 @@ class TraceStore:
         """All traces in file order.
 
         Raises `TraceFileError` on the first invalid line, or, with ``skip_invalid=True``, skips invalid lines,
-        logs how many, and keeps them in `skipped`.
+        logs how many, and keeps them in `skipped`; a line of another schema version raises in both cases.
         """
         traces, self.skipped = read_jsonl(self.path, Trace, skip_invalid)
         return traces
@@ -241,7 +241,8 @@ def read_jsonl(path: Path, model: type[R], skip_invalid: bool = False) -> tuple[
                         continue
                     except TraceFileError as e:
                         error = e
-                if not skip_invalid:
+                # A record of another schema version is not a damaged line: skipping it would silently drop data.
+                if not skip_invalid or error.field == "schema_version":
                     raise error
                 skipped.append(LineError(error.line, error.field, str(error)))
     if skipped:

@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import statistics
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,11 +40,13 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
     TrainerCallback,
+    TrainerState,
 )
 from trl import GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer
 from trl.chat_template_utils import get_training_chat_template
 from trl.models import unwrap_model_for_generation
 
+from mentor_agents.export import replace_dir
 from mentor_agents.references import RewardReference, build_references
 from mentor_agents.rewards import REWARD_NAMES, TeacherGuidedReward
 from mentor_agents.rollouts import Rollout
@@ -442,8 +445,12 @@ def train(config: TrainConfig, model: str | os.PathLike[str] | PreTrainedModel,
 def merge(result: TrainResult, out_dir: str | os.PathLike[str]) -> str:
     """Merge ``result``'s adapter into its base and save model and tokenizer to ``out_dir``; returns the dir."""
     merged = result.model.merge_and_unload() if isinstance(result.model, PeftModel) else result.model
-    merged.save_pretrained(out_dir)
-    result.tokenizer.save_pretrained(out_dir)
+
+    def save(tmp: Path) -> None:
+        merged.save_pretrained(tmp)
+        result.tokenizer.save_pretrained(tmp)
+
+    _save_dir_atomically(Path(out_dir), save)
     return str(out_dir)
 
 
@@ -502,32 +509,71 @@ def _train(trainer, out: Path, resume: bool) -> None:
     metrics = out / "metrics.jsonl"
     main = trainer.is_world_process_zero()  # one process tidies the run directory; the others wait below
     if checkpoint is None:
-        if main and not resume and out.exists():
-            # A fresh run must not inherit stale checkpoints or metrics of an earlier run in the same directory.
+        if main and out.exists():
+            # Training starts at step 0: it must not inherit stale checkpoints (only incomplete ones, when resuming)
+            # or metrics of an earlier or killed run in the same directory.
             for stale in [*out.glob("checkpoint-*"), metrics]:
                 shutil.rmtree(stale) if stale.is_dir() else stale.unlink(missing_ok=True)
     elif main:
         for partial in out.glob("checkpoint-*"):
             if partial.is_dir() and not _complete(partial):
                 shutil.rmtree(partial)
-        # Steps logged after the checkpoint are redone on resume; drop their lines so each step appears once.
+        # Steps logged after the checkpoint are redone on resume, and the end-of-training summary is logged again
+        # when the resumed run ends; drop their lines so each appears once.
         step = json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
         if metrics.exists():
-            kept = [line for line in metrics.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+            kept = [line for line in metrics.read_text().splitlines()
+                    if _kept_on_resume(line, step, keep_summary=_finished(checkpoint))]
             tmp = metrics.with_suffix(".tmp")
             tmp.write_text("".join(line + "\n" for line in kept))
             os.replace(tmp, metrics)
     trainer.accelerator.wait_for_everyone()
+    if checkpoint is not None and _finished(checkpoint):
+        # Resumed at its last step, the trainer would run one step past max_steps (its stop check comes after a
+        # step); load the final weights and state instead.
+        trainer._load_from_checkpoint(str(checkpoint))
+        trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+        return
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+
+
+def _finished(checkpoint: Path) -> bool:
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    return 0 < state["max_steps"] <= state["global_step"]
+
+
+def _kept_on_resume(line: str, step: int, keep_summary: bool) -> bool:
+    try:
+        entry = json.loads(line)
+    except ValueError:  # the partial last line of a killed run
+        return False
+    return entry["step"] <= step and (keep_summary or "train_runtime" not in entry)
+
+
+def _save_dir_atomically(out: Path, save: Callable[[Path], None]) -> None:
+    """Write a directory through a sibling temp dir and a rename, so a kill never leaves it half-written."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        save(staging)
+        replace_dir(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _finish(trainer, method: str, out: Path, base: str) -> TrainResult:
     adapter = out / "adapter"
+
+    def save(tmp: Path) -> None:
+        trainer.model.save_pretrained(tmp)
+        trainer.processing_class.save_pretrained(tmp)
+
     if trainer.is_world_process_zero():
-        trainer.model.save_pretrained(adapter)
-        trainer.processing_class.save_pretrained(adapter)
-        (out / "train_config.json").write_text(json.dumps(
-            {"method": method, "base_model": base, "global_step": trainer.state.global_step}, indent=2))
+        _save_dir_atomically(adapter, save)
+        info = out / ".train_config.json.tmp"
+        info.write_text(json.dumps({"method": method, "base_model": base, "global_step": trainer.state.global_step},
+                                   indent=2))
+        os.replace(info, out / "train_config.json")
     trainer.accelerator.wait_for_everyone()
     return TrainResult(
         method=method, output_dir=out, adapter_dir=adapter, base_model=base, model=trainer.model,

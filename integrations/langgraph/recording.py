@@ -20,6 +20,7 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from langgraph.errors import GraphRecursionError
 from tqdm.auto import tqdm
 
+from mentor_agents.integrations.langgraph.safety import with_tool_timeout
 from mentor_agents.tasks import ExactMatch, NumericMatch, Task
 from mentor_agents.traces import ModelStep, ToolCall, ToolStep, Trace, TraceStore, Usage
 
@@ -264,13 +265,15 @@ async def _run_one(agent: Any, task: Task, sample: int, timeout_s: float, retrie
 async def arecord(agent: Any, tasks: Sequence[Task | str], store: TraceStore | str, *, concurrency: int = 4,
                   timeout_s: float = 300, retries: int = 3, backoff_s: float = 1.0, samples: int = 1,
                   redact: Callable[[Trace], Trace] | None = None, progress: bool = True,
-                  retry_failed: bool = False) -> list[Trace]:
+                  retry_failed: bool = False, tool_timeout_s: float | None = None) -> list[Trace]:
     """The async form of `record`, for callers already inside an event loop."""
     if concurrency < 1 or samples < 1 or retries < 0 or timeout_s <= 0:
         raise ValueError(f"need concurrency >= 1, samples >= 1, retries >= 0 and timeout_s > 0; got "
                          f"concurrency={concurrency}, samples={samples}, retries={retries}, timeout_s={timeout_s}")
     store = store if isinstance(store, TraceStore) else TraceStore(store)
     tasks = _as_tasks(tasks)
+    if tool_timeout_s is not None:
+        agent = with_tool_timeout(agent, tool_timeout_s)
     stored: dict[tuple[str, int], Trace] = {}
     for trace in store.read(skip_invalid=True):
         if trace.key not in stored or (stored[trace.key].error is not None and trace.error is None):
@@ -301,14 +304,15 @@ async def arecord(agent: Any, tasks: Sequence[Task | str], store: TraceStore | s
 def record(agent: Any, tasks: Sequence[Task | str], store: TraceStore | str, *, concurrency: int = 4,
            timeout_s: float = 300, retries: int = 3, backoff_s: float = 1.0, samples: int = 1,
            redact: Callable[[Trace], Trace] | None = None, progress: bool = True,
-           retry_failed: bool = False) -> list[Trace]:
+           retry_failed: bool = False, tool_timeout_s: float | None = None) -> list[Trace]:
     """Run the compiled graph ``agent`` on every task ``samples`` times and append one `Trace` per run to ``store``.
 
     Runs already in the store are skipped (resume after a crash or kill); with ``retry_failed=True`` failed ones run
     again. Up to ``concurrency`` runs go at once (``agent.ainvoke``); each attempt gets ``timeout_s`` seconds, and a
     failed attempt is retried ``retries`` times after ``backoff_s * 2**attempt`` seconds. A run that still fails is
     stored as a trace with ``error`` set and verdict ``unknown``. Each trace is passed through ``redact`` and written
-    (fsynced) as soon as it is done. ``tasks`` may be plain strings (ids from a hash of the text).
+    (fsynced) as soon as it is done. ``tasks`` may be plain strings (ids from a hash of the text). With
+    ``tool_timeout_s``, a tool call running longer is answered with an error tool message (`with_tool_timeout`).
 
     Returns the traces of all the requested runs, stored earlier or now, in task order.
     A synchronous-only chat model runs in a worker thread: a timeout abandons such a call but cannot stop it.
@@ -321,4 +325,4 @@ def record(agent: Any, tasks: Sequence[Task | str], store: TraceStore | str, *, 
         raise RuntimeError("record() was called inside a running event loop; use `await arecord(...)` there")
     return asyncio.run(arecord(agent, tasks, store, concurrency=concurrency, timeout_s=timeout_s, retries=retries,
                                backoff_s=backoff_s, samples=samples, redact=redact, progress=progress,
-                               retry_failed=retry_failed))
+                               retry_failed=retry_failed, tool_timeout_s=tool_timeout_s))
