@@ -178,10 +178,10 @@ def distill(
     if student == "tiny":
         student = str(fitted_student(run.run / "student", teacher_traces, config))
 
-    results = {
-        name: train_method(run, name, config.train, student, teacher_traces, references, adapter, resume)
-        for name in dict.fromkeys([*config.baselines, method])
-    }
+    results: dict[str, TrainResult] = {}
+    for name in dict.fromkeys([*config.baselines, method]):
+        results[name] = train_method(run, name, config.train, student, teacher_traces, references, adapter, resume,
+                                     sft_result=results.get("sft"))
 
     from mentor_agents.student import load_student
 
@@ -248,9 +248,10 @@ def record_teacher(run: RunState, adapter: AgentAdapter, splits: dict[str, list[
 
 
 def train_method(run: RunState, name: str, train_config: TrainConfig, student: str, traces: list[Trace],
-                 references: list[RewardReference], adapter: AgentAdapter, resume: bool = True) -> TrainResult:
+                 references: list[RewardReference], adapter: AgentAdapter, resume: bool = True,
+                 sft_result: TrainResult | None = None) -> TrainResult:
     """Train ``name`` into ``train/<name>/`` (resuming from its last checkpoint), or load it when a previous call
-    finished it."""
+    finished it. ``sft+mentor`` starts from ``sft_result`` (the ``sft`` baseline of the same run) when given."""
     config = replace(train_config, method=name, output_dir=str(run.run / "train" / name.replace("+", "_")),
                      resume=resume)
     key = f"train:{name}"
@@ -265,7 +266,8 @@ def train_method(run: RunState, name: str, train_config: TrainConfig, student: s
     from mentor_agents.student import load_student
 
     model, tokenizer = load_student(student)
-    result = train(config, model, tokenizer, traces=traces, references=references, rollout_fn=adapter.rollout_fn())
+    result = train(config, model, tokenizer, traces=traces, references=references, rollout_fn=adapter.rollout_fn(),
+                   sft_result=sft_result if name == "sft+mentor" else None)
     stage = {"sft": "sft", "sparse": "sparse"}.get(name, "mentor")
     run.mark(key, adapter_dir=str(result.adapter_dir), base_model=result.base_model,
              metrics=str(Path(config.output_dir) / stage / "metrics.jsonl"))

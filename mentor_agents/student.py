@@ -520,6 +520,23 @@ PROBE_TOOL = {
 CHATML_TOOLS_TEMPLATE = QWEN2_5_TEMPLATE.replace(
     "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.", "You are a helpful assistant."
 )
+CHATML_TOOLS_TRAINING_TEMPLATE = (
+    (Path(trl.__file__).parent / "chat_templates" / "qwen2_5_training.jinja").read_text(encoding="utf-8")
+    .replace("You are Qwen, created by Alibaba Cloud. You are a helpful assistant.", "You are a helpful assistant.")
+)
+"""`CHATML_TOOLS_TEMPLATE` with TRL's ``{% generation %}`` markers, for a loss on assistant tokens only."""
+
+
+def training_chat_template(tokenizer) -> str:
+    """The tokenizer's chat template with ``{% generation %}`` markers around assistant turns (TRL's, for the
+    templates TRL knows and for the ChatML tools template installed here), else the template itself."""
+    from trl.chat_template_utils import get_training_chat_template
+
+    if tokenizer.chat_template == CHATML_TOOLS_TEMPLATE:
+        return CHATML_TOOLS_TRAINING_TEMPLATE
+    return get_training_chat_template(tokenizer) or tokenizer.chat_template
+
+
 # The same in Phi-3 markup (<|system|>, <|user|>, <|assistant|>, <|end|>).
 PHI3_TOOLS_TEMPLATE = (
     CHATML_TOOLS_TEMPLATE.replace("'<|im_start|>' + message.role", "'<|' + message.role + '|>'")

@@ -43,13 +43,13 @@ from transformers import (
     TrainerState,
 )
 from trl import GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer
-from trl.chat_template_utils import get_training_chat_template
 from trl.models import unwrap_model_for_generation
 
 from mentor_agents.export import replace_dir
 from mentor_agents.references import RewardReference, build_references
 from mentor_agents.rewards import REWARD_NAMES, TeacherGuidedReward
 from mentor_agents.rollouts import Rollout
+from mentor_agents.student import training_chat_template
 from mentor_agents.student import load_student
 from mentor_agents.traces import ModelStep, Trace
 
@@ -79,6 +79,8 @@ class TrainConfig:
     """SFT optimiser steps; -1 runs ``sft_epochs`` epochs."""
     sft_batch_size: int = 8
     """Sequences per optimiser step over all processes (split among them under `accelerate launch`)."""
+    sft_lr_scheduler: str = "constant"
+    """Any transformers scheduler name; ``"cosine"`` decays to 0 over ``sft_steps`` and ends at a lower loss."""
     # GRPO
     lr: float = 3e-4
     steps: int = 10
@@ -214,7 +216,7 @@ def sft_dataset(traces: Sequence[Trace], tokenizer: PreTrainedTokenizerBase, max
     into one struct and the template would then render ``null`` arguments. The mask comes from TRL's training
     variant of the chat template (``{% generation %}`` markers), so the loss covers exactly the assistant turns.
     """
-    template = get_training_chat_template(tokenizer) or tokenizer.chat_template
+    template = training_chat_template(tokenizer)
     rows = []
     for trace in traces:
         if trace.error is not None:
@@ -247,7 +249,7 @@ def sft(model: str | os.PathLike[str] | PreTrainedModel, tokenizer: PreTrainedTo
     args = SFTConfig(
         output_dir=str(out), learning_rate=config.sft_lr, num_train_epochs=config.sft_epochs,
         max_steps=config.sft_steps, per_device_train_batch_size=_per_device(config.sft_batch_size, "sft_batch_size"),
-        lr_scheduler_type="constant",
+        lr_scheduler_type=config.sft_lr_scheduler,
         warmup_steps=0, logging_steps=config.logging_steps, report_to=config.report_to, seed=config.seed,
         data_seed=config.seed, use_cpu=cpu, bf16=_bf16(cpu), gradient_checkpointing=False,
         save_strategy="steps" if config.save_steps else "no", save_steps=config.save_steps or 500,
@@ -406,10 +408,12 @@ def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, referen
 def train(config: TrainConfig, model: str | os.PathLike[str] | PreTrainedModel,
           tokenizer: PreTrainedTokenizerBase | None = None, *, traces: Sequence[Trace] | None = None,
           references: Sequence[RewardReference] | None = None, held_out: Sequence[RewardReference] | None = None,
-          rollout_fn: RolloutFn | None = None) -> TrainResult:
+          rollout_fn: RolloutFn | None = None, sft_result: TrainResult | None = None) -> TrainResult:
     """Run ``config.method``: ``sft`` on ``traces``; ``sparse`` / ``mentor`` GRPO on ``references`` (built from the
     correct ``traces`` when not given); ``sft+mentor`` = SFT, merge the adapter into the base, then MENTOR GRPO with
-    a fresh adapter. ``held_out`` references are rolled out once each after training (``eval_metrics``).
+    a fresh adapter. ``sft_result``, a finished SFT run of the same model, is the warm start of ``sft+mentor``
+    instead of training SFT again. ``held_out`` references are rolled out once each after training
+    (``eval_metrics``).
     """
     torch.manual_seed(config.seed)
     out = Path(config.output_dir)
@@ -426,7 +430,7 @@ def train(config: TrainConfig, model: str | os.PathLike[str] | PreTrainedModel,
 
     sft_metrics: list[dict[str, Any]] = []
     if config.method in ("sft", "sft+mentor"):
-        result = sft(model, tokenizer, traces, config, out / "sft")
+        result = sft_result or sft(model, tokenizer, traces, config, out / "sft")
         if config.method == "sft":
             return _evaluated(result, held_out, rollout_fn, config)
         sft_metrics = result.metrics

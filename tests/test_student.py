@@ -249,3 +249,18 @@ def test_packaged_smollm2_gguf_converts_and_renders_tools(tmp_path):
     with torch.no_grad():
         out = model.generate(**ids, max_new_tokens=3, do_sample=False)
     assert out.shape[1] == ids["input_ids"].shape[1] + 3
+
+
+def test_installed_chatml_tools_template_has_a_training_variant(tmp_path):
+    from mentor_agents.student import CHATML_TOOLS_TEMPLATE, make_tiny_student, training_chat_template
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(make_tiny_student(tmp_path / "tiny"))
+    tokenizer.chat_template = CHATML_TOOLS_TEMPLATE  # what a student whose own template ignores tools gets
+    messages = [{"role": "user", "content": "2 plus 3?"}, {"role": "assistant", "content": "Answer: 5"}]
+    rendered = tokenizer.apply_chat_template(messages, chat_template=training_chat_template(tokenizer),
+                                             return_dict=True, return_assistant_tokens_mask=True)
+    plain = tokenizer.apply_chat_template(messages, return_dict=True)
+    assert rendered["input_ids"] == plain["input_ids"]
+    masked = [i for i, m in zip(rendered["input_ids"], rendered["assistant_masks"]) if m]
+    assert "Answer: 5" in tokenizer.decode(masked) and "2 plus 3" not in tokenizer.decode(masked)
