@@ -11,19 +11,18 @@ import random
 import re
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Literal
 
 from langchain.agents import create_agent
-from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
-from langchain_core.outputs import ChatGeneration, ChatResult
-from langchain_core.runnables import Runnable, RunnableLambda
+from langchain_core.runnables import RunnableLambda
 from langchain_core.tools import BaseTool, ToolException, tool
-from langchain_core.utils.function_calling import convert_to_openai_tool
 from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.prebuilt import ToolNode, tools_condition
 
+from mentor_agents.integrations.langgraph.scripted import ScriptedTeacher
 from mentor_agents.tasks import NumericMatch, Task
 
 # ----------------------------------------------------------------------------------------------------------- tools
@@ -387,39 +386,16 @@ SYNTHESIS_PROMPT = re.compile(r"Write (?P<count>\d+) new, varied user requests.*
 """The task-synthesis prompt of `mentor_agents.integrations.langgraph.adapter.LangGraphAdapter.synthesize_tasks`."""
 
 
-class ScriptedCalculatorTeacher(BaseChatModel):
+class ScriptedCalculatorTeacher(ScriptedTeacher):
     """A deterministic stand-in for a teacher LLM on the calculator tasks: no model behind it.
 
     It reads the last user question and the tool results that follow it, and answers with the next tool calls
     (ids, names, argument dicts), one model turn at a time, then with ``"Answer: <the last tool result>"``.
     A question it does not recognise, a needed tool that is not bound, or a tool error gets ``"Answer: unknown"``.
     Asked to write requests for the agent (task synthesis, no tools bound), it writes calculator word problems.
-    Usage is a rough 4-characters-per-token estimate.
     """
 
     model_name: str = "scripted-calculator-teacher"
-
-    @property
-    def _llm_type(self) -> str:
-        return "scripted-calculator-teacher"
-
-    @property
-    def _identifying_params(self) -> dict[str, Any]:
-        return {"model_name": self.model_name}
-
-    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> Runnable[LanguageModelInput, AIMessage]:
-        return self.bind(tools=[convert_to_openai_tool(t) for t in tools], **kwargs)
-
-    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: Any = None,
-                  **kwargs: Any) -> ChatResult:
-        bound = {schema["function"]["name"] for schema in kwargs.get("tools") or []}
-        message = self._respond(messages, bound)
-        chars_in = sum(len(str(m.content)) for m in messages)
-        chars_out = len(str(message.content)) + sum(len(str(c["args"])) + len(c["name"]) for c in message.tool_calls)
-        input_tokens, output_tokens = max(1, chars_in // 4), max(1, chars_out // 4)
-        message.usage_metadata = {"input_tokens": input_tokens, "output_tokens": output_tokens,
-                                  "total_tokens": input_tokens + output_tokens}
-        return ChatResult(generations=[ChatGeneration(message=message)])
 
     def _respond(self, messages: list[BaseMessage], bound: set[str]) -> AIMessage:
         last_user = max((i for i, m in enumerate(messages) if isinstance(m, HumanMessage)), default=None)

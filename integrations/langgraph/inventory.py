@@ -26,15 +26,13 @@ from typing import Annotated, Any, Callable, Sequence
 
 from langchain.agents import create_agent
 from langchain.agents.middleware import AgentMiddleware, AgentState
-from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
-from langchain_core.outputs import ChatGeneration, ChatResult
-from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool, ToolException, tool
-from langchain_core.utils.function_calling import convert_to_openai_tool
 from langgraph.prebuilt import InjectedState
 from typing_extensions import NotRequired
 
+from mentor_agents.integrations.langgraph.scripted import ScriptedTeacher
 from mentor_agents.tasks import NumericMatch, Task
 
 # -------------------------------------------------------------------------------------------------------- database
@@ -428,38 +426,15 @@ def make_tasks(n: int, seed: int = 0, db_seed: int = 0) -> list[Task]:
 # --------------------------------------------------------------------------------------------------------- teacher
 
 
-class ScriptedInventoryTeacher(BaseChatModel):
+class ScriptedInventoryTeacher(ScriptedTeacher):
     """A deterministic stand-in for a teacher LLM on the inventory tasks: no model behind it.
 
     It recognises the last user question, and answers with the next tool call of its plan (reading the JSON
     results of the earlier calls, e.g. the SKU a search returned), then with ``"Answer: <number>"``. A question it
     does not recognise, a needed tool that is not bound, or a tool error gets ``"Answer: unknown"``.
-    Usage is a rough 4-characters-per-token estimate.
     """
 
     model_name: str = "scripted-inventory-teacher"
-
-    @property
-    def _llm_type(self) -> str:
-        return "scripted-inventory-teacher"
-
-    @property
-    def _identifying_params(self) -> dict[str, Any]:
-        return {"model_name": self.model_name}
-
-    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> Runnable[LanguageModelInput, AIMessage]:
-        return self.bind(tools=[convert_to_openai_tool(t) for t in tools], **kwargs)
-
-    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: Any = None,
-                  **kwargs: Any) -> ChatResult:
-        bound = {schema["function"]["name"] for schema in kwargs.get("tools") or []}
-        message = self._respond(messages, bound)
-        chars_in = sum(len(str(m.content)) for m in messages)
-        chars_out = len(str(message.content)) + sum(len(str(c["args"])) + len(c["name"]) for c in message.tool_calls)
-        input_tokens, output_tokens = max(1, chars_in // 4), max(1, chars_out // 4)
-        message.usage_metadata = {"input_tokens": input_tokens, "output_tokens": output_tokens,
-                                  "total_tokens": input_tokens + output_tokens}
-        return ChatResult(generations=[ChatGeneration(message=message)])
 
     def _respond(self, messages: list[BaseMessage], bound: set[str]) -> AIMessage:
         last_user = max((i for i, m in enumerate(messages) if isinstance(m, HumanMessage)), default=None)
