@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import re
 import threading
 
 import pytest
 from fastapi import Request
 from fastapi.responses import JSONResponse
-from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
-from langchain_core.outputs import ChatGeneration, ChatResult
-from langchain_core.utils.function_calling import convert_to_openai_tool
+from langchain_core.messages import AIMessage, HumanMessage
 from langchain_openai import ChatOpenAI
+
+from text_calls import TextToolCallingModel
 
 from mentor_agents.integrations.langgraph.calculator import ScriptedCalculatorTeacher, build_agent, make_tasks
 from mentor_agents.integrations.langgraph.recording import record
@@ -24,35 +21,6 @@ from mentor_agents.tasks import NumericMatch, Task
 from mentor_agents.traces import TraceStore
 
 KEY = "sk-test-secret-0123456789"
-
-
-class TextToolCallingModel(BaseChatModel):
-    """A teacher that writes its tool calls as JSON text in ``content``, as small models behind OpenAI endpoints do.
-
-    "What is A times B?" -> a fenced JSON call to ``multiply``; "What is A plus B?" -> prose with a bare JSON call to
-    ``add``; "Teleport to X" -> a bare JSON call to ``teleport``, a tool nobody offered. After a tool result it
-    answers ``Answer: <result>``.
-    """
-
-    @property
-    def _llm_type(self) -> str:
-        return "text-tool-calling"
-
-    def bind_tools(self, tools, **kwargs):
-        return self.bind(tools=[convert_to_openai_tool(t) for t in tools], **kwargs)
-
-    def _generate(self, messages, stop=None, run_manager=None, **kwargs) -> ChatResult:
-        last = messages[-1]
-        if isinstance(last, ToolMessage):
-            text = f"Answer: {last.text}"
-        elif m := re.fullmatch(r"What is (\d+) times (\d+)\?", last.text):
-            call = {"name": "multiply", "arguments": {"a": int(m[1]), "b": int(m[2])}}
-            text = f"```json\n{json.dumps(call)}\n```"
-        elif m := re.fullmatch(r"What is (\d+) plus (\d+)\?", last.text):
-            text = f'I will use a tool. {{"name": "add", "arguments": {{"a": {m[1]}, "b": {m[2]}}}}}'
-        else:
-            text = '{"name": "teleport", "arguments": {"to": "the moon"}}'
-        return ChatResult(generations=[ChatGeneration(message=AIMessage(text))])
 
 
 def calculator_task(task_id: str, question: str, answer: float) -> Task:
