@@ -120,6 +120,17 @@ def comparison_table(results: Mapping[tuple[str, str], Metrics]) -> str:
     return "\n".join(lines)
 
 
+def save_figure(fig, path: str | Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot_success(results: Mapping[tuple[str, str], Metrics], path: str | Path) -> Path:
     """Grouped bars of success by model and split, with the bootstrap intervals as error bars."""
     import matplotlib
@@ -147,12 +158,7 @@ def plot_success(results: Mapping[tuple[str, str], Metrics], path: str | Path) -
     ax.set_ylim(0, 1.05)
     ax.legend(fontsize=8)
     ax.set_title("Success by method and split")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_reward_curve(history: Sequence[Mapping[str, float]], path: str | Path, title: str = "Reward") -> Path:
@@ -176,9 +182,4 @@ def plot_reward_curve(history: Sequence[Mapping[str, float]], path: str | Path, 
     ax.set_ylabel("value")
     ax.set_title(title)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
