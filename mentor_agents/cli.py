@@ -277,7 +277,7 @@ def run_eval(args: argparse.Namespace) -> int:
         return run_bfcl(args)
     if not args.agent or not args.run_dir:
         raise SystemExit("mentor eval: give AGENT and --run-dir (or --bfcl MODEL_DIR)")
-    from mentor_agents.distill import RunState, adapter_for, evaluate_models, write_report
+    from mentor_agents.distill import RunState, adapter_for, evaluate_models, read_metrics, write_report
     from mentor_agents.references import load_references
     from mentor_agents.student import load_student
     from mentor_agents.traces import TraceStore
@@ -301,14 +301,6 @@ def run_eval(args: argparse.Namespace) -> int:
                           load_references(run.run / "references.jsonl"), splits, results, training, config)
     print(report)
     return 0
-
-
-def read_metrics(path: str) -> list[dict]:
-    import json
-    from pathlib import Path
-
-    file = Path(path)
-    return [json.loads(line) for line in file.read_text().splitlines() if line.strip()] if file.exists() else []
 
 
 def run_bfcl(args: argparse.Namespace) -> int:

@@ -258,11 +258,9 @@ def train_method(run: RunState, name: str, train_config: TrainConfig, student: s
     if key in run.done:
         info = run.done[key]
         model, tokenizer = load_trained(info["adapter_dir"], info["base_model"])
-        metrics_path = Path(info["metrics"])
-        metrics = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()] \
-            if metrics_path.exists() else []
         return TrainResult(method=name, output_dir=Path(config.output_dir), adapter_dir=Path(info["adapter_dir"]),
-                           base_model=info["base_model"], model=model, tokenizer=tokenizer, metrics=metrics)
+                           base_model=info["base_model"], model=model, tokenizer=tokenizer,
+                           metrics=read_metrics(info["metrics"]))
     from mentor_agents.student import load_student
 
     model, tokenizer = load_student(student)
@@ -272,6 +270,12 @@ def train_method(run: RunState, name: str, train_config: TrainConfig, student: s
     run.mark(key, adapter_dir=str(result.adapter_dir), base_model=result.base_model,
              metrics=str(Path(config.output_dir) / stage / "metrics.jsonl"))
     return result
+
+
+def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The per-step training logs of a ``metrics.jsonl`` (empty when the file does not exist)."""
+    file = Path(path)
+    return [json.loads(line) for line in file.read_text().splitlines() if line.strip()] if file.exists() else []
 
 
 def fitted_student(out: Path, traces: list[Trace], config: DistillConfig) -> Path:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import copy
 import dataclasses
 import threading
 from typing import Any
@@ -21,6 +20,8 @@ from typing import Any
 from langchain_core.messages import ToolMessage
 from langchain_core.tools import BaseTool
 from langgraph.prebuilt import ToolNode
+
+from mentor_agents.integrations.langgraph.graphs import recompile
 
 
 def with_tool_timeout(graph: Any, seconds: float) -> Any:
@@ -35,13 +36,7 @@ def with_tool_timeout(graph: Any, seconds: float) -> Any:
              if isinstance(spec.runnable, ToolNode) else spec for name, spec in builder.nodes.items()}
     if all(nodes[name] is spec for name, spec in builder.nodes.items()):
         raise ValueError("with_tool_timeout found no ToolNode in the graph's nodes")
-    new_builder = copy.copy(builder)
-    new_builder.nodes = nodes
-    return new_builder.compile(
-        checkpointer=graph.checkpointer, store=graph.store, cache=graph.cache,
-        interrupt_before=graph.interrupt_before_nodes, interrupt_after=graph.interrupt_after_nodes,
-        debug=graph.debug, name=graph.name, transformers=getattr(graph, "stream_transformers", None),
-    )
+    return recompile(graph, nodes)
 
 
 def timed_tool_node(node: ToolNode, seconds: float) -> ToolNode:

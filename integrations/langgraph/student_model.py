@@ -27,6 +27,7 @@ from langchain_core.runnables import Runnable, RunnableBinding, RunnableSequence
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict
 
+from mentor_agents.integrations.langgraph.graphs import recompile
 from mentor_agents.integrations.langgraph.recording import to_openai_messages
 from mentor_agents.rollouts import Rollout
 from mentor_agents.student import end_markers, load_student, parse_generation, stop_token_ids
@@ -355,13 +356,7 @@ class _Swapper:
             nodes[name] = spec if runnable is spec.runnable else dataclasses.replace(spec, runnable=runnable)
         if all(nodes[name] is spec for name, spec in builder.nodes.items()):
             return graph
-        new_builder = copy.copy(builder)
-        new_builder.nodes = nodes
-        return new_builder.compile(
-            checkpointer=graph.checkpointer, store=graph.store, cache=graph.cache,
-            interrupt_before=graph.interrupt_before_nodes, interrupt_after=graph.interrupt_after_nodes,
-            debug=graph.debug, name=graph.name, transformers=getattr(graph, "stream_transformers", None),
-        )
+        return recompile(graph, nodes)
 
     def swap(self, value: Any) -> Any:
         """``value`` with the chat model replaced, or ``value`` itself when it holds no chat model."""
