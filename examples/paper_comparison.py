@@ -169,9 +169,14 @@ class Comparison:
         self.run = RunState.open(out / "runs" / f"teacher{teacher_name}-seed{seed}")
         self.teacher = teacher_model
         # The graph is built around a placeholder model; the teacher (HTTP) and each student are swapped in per run.
-        self.adapter = LangGraphAdapter(calculator.build_agent(calculator.ScriptedCalculatorTeacher()))
+        # Runs are cut after max_turns model turns (two supersteps each), as in training: a student that keeps
+        # calling tools fails the task instead of generating for up to LangGraph's default 25 supersteps.
+        turns = {"recursion_limit": 2 * scale.max_turns}
+        self.adapter = LangGraphAdapter(
+            calculator.build_agent(calculator.ScriptedCalculatorTeacher()).with_config(turns))
         db = out / "runs" / "inventory.sqlite"
-        self.inventory = LangGraphAdapter(inventory.build_agent(inventory.ScriptedInventoryTeacher(), db_path=db))
+        self.inventory = LangGraphAdapter(
+            inventory.build_agent(inventory.ScriptedInventoryTeacher(), db_path=db).with_config(turns))
         self.teacher_config = DistillConfig(concurrency=4, timeout_s=600, seed=seed)
         self.student_config = DistillConfig(concurrency=1, timeout_s=900, seed=seed)
         self.student = str(find_packaged_gguf("smollm2-135m-instruct"))

@@ -191,6 +191,16 @@ def test_swap_model_keeps_the_teacher_graph(tiny, builder):
     assert '"name": "modulo"' in tiny[1].decode(recorder.records[0].prompt_ids)  # same tools
 
 
+def test_swap_model_keeps_the_bound_recursion_limit():
+    from langgraph.errors import GraphRecursionError
+
+    two_turns = build_agent(ScriptedCalculatorTeacher()).with_config(recursion_limit=4)
+    swapped = swap_model(two_turns, ScriptedCalculatorTeacher())
+    assert swapped.invoke({"messages": [("user", "What is 3 plus 2?")]})["messages"][-1].content == "Answer: 5"
+    with pytest.raises(GraphRecursionError):  # three model turns do not fit in four supersteps
+        swapped.invoke({"messages": [("user", "What is (3 plus 2) times 4?")]})
+
+
 def test_swap_model_needs_a_model_in_the_graph():
     from langgraph.graph import END, START, MessagesState, StateGraph
 
