@@ -192,8 +192,12 @@ class Comparison:
         start = time.perf_counter()
         self.traces, self.references = record_teacher(self.run, self.adapter, self.splits, self.teacher,
                                                       self.teacher_config)
+        # The calculator agent must compute with its tools. Teacher B sometimes describes a call in prose, invents
+        # its result and still ends with the right number: not a run to imitate or to reward against.
+        summary = summarize(self.traces)
+        self.traces = [t for t in self.traces if t.tool_calls]
+        self.references = [r for r in self.references if r.teacher_calls]
         if "teacher:train" not in self.run.done:
-            summary = summarize(self.traces)
             self.run.mark("teacher:train", success=summary.success_rate, traces=summary.traces,
                           references=len(self.references), verdicts=summary.verdicts,
                           calls_per_task=summary.calls_per_task, parsed_from_text=summary.parsed_from_text,

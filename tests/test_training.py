@@ -112,6 +112,15 @@ def test_sft_dataset_masks_exactly_the_assistant_turns(student_dir, traces):
     assert trained.count("<|im_end|>") == 2  # both assistant turns learn to stop
 
 
+def test_sft_dataset_leaves_out_failed_and_incorrect_runs(student_dir, traces):
+    _, tokenizer = load_student(student_dir)
+    wrong = traces[1].model_copy(update={"verdict": "incorrect"})
+    failed = traces[2].model_copy(update={"error": "TimeoutError: no result within 300 s"})
+    assert len(sft_dataset([traces[0], wrong, failed, traces[3]], tokenizer)) == 2
+    with pytest.raises(ValueError, match="incorrect verdict"):
+        sft_dataset([wrong, failed], tokenizer)
+
+
 def test_sft_raises_valid_tool_calls_in_the_graph(student_dir, sft_result, held_out, rollout_fn, workdir):
     cfg = config(workdir / "eval")
     model, tokenizer = load_student(student_dir)
