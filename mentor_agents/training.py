@@ -117,9 +117,6 @@ class TrainConfig:
     logging_steps: int = 1
     use_cpu: bool | None = None
     """None picks CUDA when present, else CPU."""
-    bf16: bool | None = None
-    """bfloat16 autocast (weights stay float32). None: on a CUDA GPU that supports it. On a CPU with AVX512-BF16 or
-    AMX (recent Xeon, EPYC Zen 4) True makes training steps several times faster; elsewhere on a CPU it is slower."""
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -257,7 +254,7 @@ def sft(model: str | os.PathLike[str] | PreTrainedModel, tokenizer: PreTrainedTo
         max_steps=config.sft_steps, per_device_train_batch_size=_per_device(config.sft_batch_size, "sft_batch_size"),
         lr_scheduler_type=config.sft_lr_scheduler,
         warmup_steps=0, logging_steps=config.logging_steps, report_to=config.report_to, seed=config.seed,
-        data_seed=config.seed, use_cpu=cpu, bf16=_bf16(config, cpu), gradient_checkpointing=False,
+        data_seed=config.seed, use_cpu=cpu, bf16=_bf16(cpu), gradient_checkpointing=False,
         save_strategy="steps" if config.save_steps else "no", save_steps=config.save_steps or 500,
         save_total_limit=config.save_total_limit, max_length=None, dataloader_num_workers=0,
     )
@@ -380,7 +377,7 @@ def grpo(model: str | os.PathLike[str] | PreTrainedModel, tokenizer: PreTrainedT
         gradient_accumulation_steps=1, num_generations=config.num_generations,
         max_completion_length=config.max_completion_length, temperature=config.temperature, beta=config.beta,
         loss_type=config.loss_type, scale_rewards=config.scale_rewards, logging_steps=config.logging_steps,
-        report_to=config.report_to, seed=config.seed, data_seed=config.seed, use_cpu=cpu, bf16=_bf16(config, cpu),
+        report_to=config.report_to, seed=config.seed, data_seed=config.seed, use_cpu=cpu, bf16=_bf16(cpu),
         gradient_checkpointing=False, save_strategy="steps" if config.save_steps else "no",
         save_steps=config.save_steps or 500, save_total_limit=config.save_total_limit, dataloader_num_workers=0,
     )
@@ -603,7 +600,5 @@ def _per_device(batch: int, name: str) -> int:
     return batch // processes
 
 
-def _bf16(config: TrainConfig, cpu: bool) -> bool:
-    if config.bf16 is not None:
-        return config.bf16
+def _bf16(cpu: bool) -> bool:
     return not cpu and torch.cuda.is_bf16_supported()
