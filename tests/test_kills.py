@@ -41,7 +41,9 @@ def run_driver(kind: str, work: Path, seed: int) -> list[dict]:
 def assert_each_step_once(metrics: Path, steps: int) -> None:
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert [r["step"] for r in rows if "train_runtime" not in r] == list(range(1, steps + 1))
-    assert sum("train_runtime" in r for r in rows) == 1
+    # The end-of-training summary is logged after the last checkpoint is saved: a kill between the two leaves a
+    # finished run that resumes by loading that checkpoint, with no summary line. Never two.
+    assert sum("train_runtime" in r for r in rows) <= 1
 
 
 def assert_resumed_from_checkpoints(work: Path) -> list[dict]:
