@@ -36,9 +36,10 @@ take):
   One thread per process: on a 2-core machine shared with a student run, 2 llama.cpp threads were ~10x slower.
 
 For each teacher its success on the train split and on the test split is measured first; only verified-correct
-traces that call at least one tool become references and SFT data. Student methods: ``untrained``, ``sft``, ``sparse``, ``mentor``, ``sft+mentor`` and one
-MENTOR reward ablation (``--ablation``, default ``no_match``). ``sft+mentor`` starts its GRPO from this seed's merged
-``sft`` model (the same thing `train(method="sft+mentor")` does, without training the same SFT twice).
+traces that call at least one tool become references and SFT data. Student methods: ``untrained``, ``sft``,
+``sparse``, ``mentor``, ``sft+mentor`` and one MENTOR reward ablation (``--ablation``, default ``no_match``).
+``sft+mentor`` starts its GRPO from this seed's merged ``sft`` model (the same thing `train(method="sft+mentor")`
+does, without training the same SFT twice).
 Splits: calculator ``test`` (in-domain, held out), calculator ``ood`` (story problems with tool combinations never
 trained on), ``inventory`` (the SQLite agent: a domain the calculator student never saw) and a seeded ``bfcl`` subset
 (BFCL v4 AST categories, scored by BFCL's rules).
