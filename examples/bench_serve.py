@@ -22,7 +22,6 @@ import platform
 import socket
 import statistics
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path

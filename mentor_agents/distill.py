@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol, Sequence
 
 from mentor_agents.evaluation import Metrics, comparison_table, evaluate_traces, plot_reward_curve, plot_success
+from mentor_agents.files import write_text_atomic
 from mentor_agents.references import (
     RewardReference,
     build_references,
@@ -454,15 +455,3 @@ def tasks_from_traces(traces: Sequence[Trace]) -> list[Task]:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, default=str))
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -14,14 +14,14 @@ from __future__ import annotations
 import copy
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from peft import PeftModel
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+from mentor_agents.files import save_dir_atomically
 
 
 @dataclass
@@ -107,9 +107,8 @@ def export_student(
     memory for a second copy of the weights.
     """
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+
+    def save(staging: Path) -> None:
         adapter_dir = staging / "adapter"
         model.save_pretrained(adapter_dir)
         set_base_model_id(adapter_dir, card.base_model)
@@ -123,9 +122,8 @@ def export_student(
 
         (staging / "README.md").write_text(card.render())
         (staging / "mentor.json").write_text(json.dumps({"card": asdict(card)}, indent=2, default=str))
-        replace_dir(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+
+    save_dir_atomically(out, save)
     return out
 
 
@@ -146,13 +144,3 @@ def generation_config(
         setattr(config, key, value)
     return config
 
-
-def replace_dir(new: Path, target: Path) -> None:
-    """Move ``new`` to ``target``; an existing ``target`` is swapped out first and removed only afterwards."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-    os.replace(new, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from pathlib import Path
 from typing import Any, Callable, Literal, Union
 
 from pydantic import BaseModel, ConfigDict
+
+from mentor_agents.files import write_text_atomic
 
 Verdict = Literal["correct", "wrong", "unknown"]
 
@@ -109,7 +110,4 @@ def read_tasks(path: str | Path) -> list[Task]:
 
 def write_tasks(tasks: list[Task], path: str | Path) -> None:
     """Write tasks as JSONL for `read_tasks`; a callable verifier cannot be written and is kept as ``"custom"``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(task_to_dict(task)) + "\n" for task in tasks))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(json.dumps(task_to_dict(task)) + "\n" for task in tasks))

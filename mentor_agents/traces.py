@@ -18,6 +18,7 @@ from typing import Annotated, Any, Iterator, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from mentor_agents.files import write_text_atomic
 from mentor_agents.tasks import ExactMatch, NumericMatch, Verdict
 
 logger = logging.getLogger(__name__)
@@ -252,14 +253,4 @@ def read_jsonl(path: Path, model: type[R], skip_invalid: bool = False) -> tuple[
 
 def write_jsonl_atomic(path: Path, records: list[BaseModel]) -> None:
     """Replace ``path`` with ``records``, one per line, through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w") as f:
-            for record in records:
-                f.write(record.model_dump_json() + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_text_atomic(path, "".join(record.model_dump_json() + "\n" for record in records))

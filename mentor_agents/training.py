@@ -24,7 +24,6 @@ import os
 import re
 import shutil
 import statistics
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,12 +44,11 @@ from transformers import (
 from trl import GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer
 from trl.models import unwrap_model_for_generation
 
-from mentor_agents.export import replace_dir
+from mentor_agents.files import save_dir_atomically, write_text_atomic
 from mentor_agents.references import RewardReference, build_references
 from mentor_agents.rewards import REWARD_NAMES, TeacherGuidedReward
 from mentor_agents.rollouts import Rollout
-from mentor_agents.student import training_chat_template
-from mentor_agents.student import load_student
+from mentor_agents.student import load_student, training_chat_template
 from mentor_agents.traces import ModelStep, Trace
 
 Method = Literal["sft", "sparse", "mentor", "sft+mentor"]
@@ -457,7 +455,7 @@ def merge(result: TrainResult, out_dir: str | os.PathLike[str]) -> str:
         merged.save_pretrained(tmp)
         result.tokenizer.save_pretrained(tmp)
 
-    _save_dir_atomically(Path(out_dir), save)
+    save_dir_atomically(Path(out_dir), save)
     return str(out_dir)
 
 
@@ -531,9 +529,7 @@ def _train(trainer, out: Path, resume: bool) -> None:
         if metrics.exists():
             kept = [line for line in metrics.read_text().splitlines()
                     if _kept_on_resume(line, step, keep_summary=_finished(checkpoint))]
-            tmp = metrics.with_suffix(".tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
-            os.replace(tmp, metrics)
+            write_text_atomic(metrics, "".join(line + "\n" for line in kept))
     trainer.accelerator.wait_for_everyone()
     if checkpoint is not None and _finished(checkpoint):
         # Resumed at its last step, the trainer would run one step past max_steps (its stop check comes after a
@@ -557,17 +553,6 @@ def _kept_on_resume(line: str, step: int, keep_summary: bool) -> bool:
     return entry["step"] <= step and (keep_summary or "train_runtime" not in entry)
 
 
-def _save_dir_atomically(out: Path, save: Callable[[Path], None]) -> None:
-    """Write a directory through a sibling temp dir and a rename, so a kill never leaves it half-written."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        save(staging)
-        replace_dir(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
 def _finish(trainer, method: str, out: Path, base: str) -> TrainResult:
     adapter = out / "adapter"
 
@@ -576,11 +561,9 @@ def _finish(trainer, method: str, out: Path, base: str) -> TrainResult:
         trainer.processing_class.save_pretrained(tmp)
 
     if trainer.is_world_process_zero():
-        _save_dir_atomically(adapter, save)
-        info = out / ".train_config.json.tmp"
-        info.write_text(json.dumps({"method": method, "base_model": base, "global_step": trainer.state.global_step},
-                                   indent=2))
-        os.replace(info, out / "train_config.json")
+        save_dir_atomically(adapter, save)
+        write_text_atomic(out / "train_config.json", json.dumps(
+            {"method": method, "base_model": base, "global_step": trainer.state.global_step}, indent=2))
     trainer.accelerator.wait_for_everyone()
     return TrainResult(
         method=method, output_dir=out, adapter_dir=adapter, base_model=base, model=trainer.model,

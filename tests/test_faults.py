@@ -13,14 +13,14 @@ import os
 import threading
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 from langchain.agents import create_agent
 from langchain_core.messages import ToolMessage
 from langchain_core.tools import tool
 
-from mentor_agents.distill import RunState, distill, write_json_atomic, write_text_atomic
+from mentor_agents.distill import RunState, distill, write_json_atomic
+from mentor_agents.files import save_dir_atomically, write_text_atomic
 from mentor_agents.integrations.langgraph import record, with_tool_timeout
 from mentor_agents.integrations.langgraph.calculator import ScriptedCalculatorTeacher, build_agent
 from mentor_agents.integrations.openai.teacher import OpenAITeacher
@@ -265,13 +265,13 @@ def test_adapter_merged_and_export_writes_are_atomic(tiny, tmp_path, monkeypatch
     from peft import LoraConfig, get_peft_model
 
     from mentor_agents.export import ModelCard, export_student
-    from mentor_agents.training import TrainResult, _save_dir_atomically, merge
+    from mentor_agents.training import TrainResult, merge
 
     model, tokenizer = tiny
     peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM"))
     card = ModelCard(base_model="tiny", method="sft")
     export_student(peft_model, tokenizer, tmp_path / "export", card)
-    _save_dir_atomically(tmp_path / "adapter", peft_model.save_pretrained)
+    save_dir_atomically(tmp_path / "adapter", peft_model.save_pretrained)
     result = TrainResult(method="sft", output_dir=tmp_path, adapter_dir=tmp_path / "adapter", base_model="tiny",
                          model=peft_model, tokenizer=tokenizer)
     snapshot = {d: sorted(p.name for p in (tmp_path / d).rglob("*")) for d in ("export", "adapter")}
@@ -280,7 +280,7 @@ def test_adapter_merged_and_export_writes_are_atomic(tiny, tmp_path, monkeypatch
     with pytest.raises(OSError, match="killed before the rename"):
         export_student(peft_model, tokenizer, tmp_path / "export", card)
     with pytest.raises(OSError, match="killed before the rename"):
-        _save_dir_atomically(tmp_path / "adapter", peft_model.save_pretrained)
+        save_dir_atomically(tmp_path / "adapter", peft_model.save_pretrained)
     with pytest.raises(OSError, match="killed before the rename"):
         merge(result, tmp_path / "merged")
     monkeypatch.undo()
