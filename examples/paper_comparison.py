@@ -65,26 +65,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import trl
 
 from mentor_agents.bfcl import CATEGORIES, evaluate_bfcl
-from mentor_agents.distill import DistillConfig, RunState, eval_traces, prepare_tasks, record_teacher, write_json_atomic
+from mentor_agents.distill import (DistillConfig, RunState, eval_traces, prepare_tasks, read_metrics, record_teacher,
+                                   write_json_atomic)
 from mentor_agents.evaluation import Metrics, bootstrap_ci, evaluate_traces, plot_reward_curve, plot_success
 from mentor_agents.integrations.langgraph import calculator, inventory
 from mentor_agents.integrations.langgraph.adapter import LangGraphAdapter
 from mentor_agents.integrations.openai.server import create_app, running_server
 from mentor_agents.integrations.openai.teacher import OpenAITeacher
 from mentor_agents.references import build_references, summarize
-from mentor_agents.student import (CHATML_TOOLS_TEMPLATE, find_packaged_gguf, hermes_response_template,
-                                   load_student)
+from mentor_agents.student import (CHATML_TOOLS_TEMPLATE, CHATML_TOOLS_TRAINING_TEMPLATE, find_packaged_gguf,
+                                   hermes_response_template, load_student)
 from mentor_agents.training import TrainConfig, load_trained, merge, train
-
-# TRL 1.16 has a training variant (with {% generation %} markers) of its qwen2_5 template but does not recognise
-# mentor_agents' CHATML_TOOLS_TEMPLATE (the same template with a neutral default system prompt) that SmolLM2 gets,
-# so SFT's assistant mask fails for it. The training variant with the same edit renders identically.
-CHATML_TOOLS_TRAINING_TEMPLATE = (Path(trl.__file__).parent / "chat_templates" / "qwen2_5_training.jinja").read_text(
-    encoding="utf-8").replace("You are Qwen, created by Alibaba Cloud. You are a helpful assistant.",
-                              "You are a helpful assistant.")
 
 OUT = Path(__file__).parent / "results" / "paper_comparison"
 SPLITS = ("test", "ood", "inventory", "bfcl")
@@ -375,16 +368,14 @@ def collect(out: Path) -> dict[str, Any]:
                 evals.setdefault(model, {})[split] = info
             elif key.startswith("train:"):
                 training[key[6:]] = {"seconds": info.get("seconds")}
-                metrics = Path(info["metrics"])
-                if metrics.exists():
-                    rows = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
-                    rewards = [r["reward"] for r in rows if "reward" in r]
-                    losses = [r["loss"] for r in rows if "loss" in r]
-                    if rewards:
-                        training[key[6:]]["reward_first_last"] = [rewards[0], rewards[-1]]
-                        training[key[6:]]["reward_curve"] = rewards
-                    if losses:
-                        training[key[6:]]["loss_first_last"] = [losses[0], losses[-1]]
+                rows = read_metrics(info["metrics"])
+                rewards = [r["reward"] for r in rows if "reward" in r]
+                losses = [r["loss"] for r in rows if "loss" in r]
+                if rewards:
+                    training[key[6:]]["reward_first_last"] = [rewards[0], rewards[-1]]
+                    training[key[6:]]["reward_curve"] = rewards
+                if losses:
+                    training[key[6:]]["loss_first_last"] = [losses[0], losses[-1]]
         runs[state.parent.name] = {"teacher_train": done.get("teacher:train"), "evaluation": evals,
                                    "training": training}
     return runs
