@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 
 import httpx
 import openai
@@ -17,6 +15,7 @@ from fastapi.responses import JSONResponse
 from langchain_core.messages import HumanMessage, ToolMessage
 from langchain_openai import ChatOpenAI
 
+from servers import free_port, mentor_process
 from text_calls import TextToolCallingModel
 
 from mentor_agents.integrations.langgraph.calculator import (
@@ -192,36 +191,18 @@ def test_lenient_proxy_rejects_tools_that_were_not_offered(tmp_path):
     assert not any(isinstance(m, ToolMessage) for m in messages)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_mentor_proxy_command(tmp_path, upstream):
     port, store = free_port(), tmp_path / "cli.jsonl"
     env = {**os.environ, "TEACHER_KEY": KEY, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "mentor_agents.cli", "proxy", "--upstream", upstream, "--store", str(store),
-               "--port", str(port), "--upstream-api-key-env", "TEACHER_KEY"]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        proxy = f"http://127.0.0.1:{port}/v1"
-        for _ in range(600):  # wait for the process to listen
-            try:
-                httpx.get(proxy.removesuffix("/v1") + "/health")
-                break
-            except httpx.TransportError:
-                assert process.poll() is None, process.stdout.read().decode()
-                time.sleep(0.05)
+    args = ["proxy", "--upstream", upstream, "--store", str(store), "--port", str(port), "--upstream-api-key-env",
+            "TEACHER_KEY"]
+    with mentor_process(args, port, env):
         task = make_tasks(1, seed=5)[0]
-        agent_through(proxy, key="client-key").invoke({"messages": [HumanMessage(task.input)]})
-    finally:
-        process.terminate()
-        process.wait()
+        agent_through(f"http://127.0.0.1:{port}/v1", key="client-key").invoke({"messages": [HumanMessage(task.input)]})
     (trace,) = TraceStore(store).read()
     assert trace.task_input == task.input and task.verdict(trace.final_answer) == "correct"
     assert_no_secret(store)
 
-    missing = subprocess.run([sys.executable, "-m", "mentor_agents.cli", *command[3:10], "--upstream-api-key-env",
+    missing = subprocess.run([sys.executable, "-m", "mentor_agents.cli", *args[:7], "--upstream-api-key-env",
                               "NOT_SET_ANYWHERE"], capture_output=True, text=True)
     assert missing.returncode != 0 and "NOT_SET_ANYWHERE" in missing.stderr

@@ -4,7 +4,6 @@ CPU) matches the single-process run with the same global batch and seed (example
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,15 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from servers import free_port
 
 SCRIPT = Path(__file__).parents[1] / "examples" / "train_ddp.py"
 TRAIN = ["train", "--prompts-per-step", "4", "--num-generations", "4", "--steps", "4"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run(command: list[str]) -> None:

@@ -3,10 +3,6 @@ streaming tool-call deltas, bad requests, the API key, base + adapter without me
 
 import json
 import os
-import socket
-import subprocess
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -14,6 +10,7 @@ import openai
 import pytest
 import torch
 from forcing import ForceText
+from servers import free_port, mentor_process
 from langchain_openai import ChatOpenAI
 from peft import LoraConfig, get_peft_model
 from transformers import LogitsProcessorList
@@ -50,36 +47,15 @@ def forced_server(saved_student):
         yield url
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def mentor_serve(saved_student):
     """`mentor serve DIR --adapter` as a user runs it: a subprocess on a free loopback port, with an API key."""
     port = free_port()
     env = {**os.environ, "STUDENT_KEY": "sekret", "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mentor_agents.cli", "serve", str(saved_student), "--port", str(port), "--adapter",
-         "--api-key-env", "STUDENT_KEY", "--max-new-tokens", "8", "--concurrency", "4"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert process.poll() is None, process.stdout.read()
-            time.sleep(0.1)
-        yield f"{url}/v1"
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    args = ["serve", str(saved_student), "--port", str(port), "--adapter", "--api-key-env", "STUDENT_KEY",
+            "--max-new-tokens", "8", "--concurrency", "4"]
+    with mentor_process(args, port, env):
+        yield f"http://127.0.0.1:{port}/v1"
 
 
 def test_openai_client_plain_tools_and_streaming(forced_server):
