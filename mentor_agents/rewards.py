@@ -1,10 +1,12 @@
 """The MENTOR teacher-guided reward (arXiv 2510.18383), its ablations, and opt-in extensions.
 
 Paper-exact, following the reference code (choics2623/MENTOR-RL, ``reward_score/mentor*.py``). With C = the answer
-is correct, T = the teacher's tool-name set, S = the student's, H = the student named no tool outside the agent's:
+is correct, T = the teacher's tool-name set, S = the student's tool names that are among the agent's tools, H = the
+student named no tool outside the agent's tools (calls the parser rejected as unknown count here; calls whose text
+did not parse count nowhere):
 
 - 0.0 if the rollout did not finish (cut off by the token budget or the turn limit);
-- 0.1 if it has no final answer, or the reference has no teacher tools;
+- 0.1 if it has no final answer; for ``mentor``, ``overlap`` and ``f1`` also when the teacher used no tools;
 - otherwise, by name:
 
   ==========  ================================================  =====
@@ -17,6 +19,7 @@ is correct, T = the teacher's tool-name set, S = the student's, H = the student 
   f1          0.7C + 0.3·F1(S, T)·(C + 0.2(1-C)) + 0.1H         1.1
   ==========  ================================================  =====
 
+One difference from the reference: the final answer is the text of the last assistant message, not a ``\\boxed{}``.
 Every function is pure: ``(rollout, reference) -> RewardResult``.
 """
 
@@ -29,9 +32,12 @@ from typing import Any, Callable, Literal
 from mentor_agents.references import RewardReference
 from mentor_agents.rollouts import Rollout
 from mentor_agents.tasks import ExactMatch
+from mentor_agents.traces import ToolCall
 
 RewardName = Literal["mentor", "sparse", "overlap", "no_match", "f1"]
 REWARD_NAMES: tuple[str, ...] = ("mentor", "sparse", "overlap", "no_match", "f1")
+TEACHER_TOOL_GATED: tuple[str, ...] = ("mentor", "overlap", "f1")
+"""The variants that give 0.1 when the teacher used no tools (as in the reference code)."""
 
 UNFINISHED = 0.0
 NO_ANSWER = 0.1
@@ -41,6 +47,9 @@ NO_ANSWER = 0.1
 class RewardResult:
     value: float
     breakdown: dict[str, float]
+    reason: str = ""
+    """Why the rollout got this value, in a few words: a gate (``cut off by turn limit``, ``no final answer``,
+    ``teacher used no tools``) or the terms (``correct; tool set matches teacher; called unknown tool python``)."""
 
 
 def is_correct(
@@ -66,6 +75,41 @@ def set_f1(student: set[str], teacher: set[str]) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+def agent_calls(rollout: Rollout, reference: RewardReference) -> list[ToolCall]:
+    """The student's calls to tools the agent offers, in order: what S and every extension term are computed from.
+
+    When the reference lists no tools, every parsed call counts (the parser already kept out unknown names).
+    """
+    if not reference.tools:
+        return list(rollout.tool_calls)
+    offered = reference.tool_names
+    return [call for call in rollout.tool_calls if call.name in offered]
+
+
+def unknown_tools(rollout: Rollout, reference: RewardReference) -> list[str]:
+    """The tool names the student called that the agent does not offer, sorted (H = this is empty).
+
+    Calls the parser rejected as unknown count; malformed calls (no name could be read) do not.
+    """
+    rejected = {call.name for call in rollout.invalid_calls if call.kind == "unknown_tool" and call.name}
+    if not reference.tools:
+        return sorted(rejected)
+    offered = reference.tool_names
+    return sorted((rollout.tool_names | rejected) - offered)
+
+
+def gate(name: RewardName, rollout: Rollout, reference: RewardReference) -> RewardResult | None:
+    """The 0.0 / 0.1 result when a gate fires, else None."""
+    if not rollout.finished:
+        cut = f"cut off by {rollout.cut_by.replace('_', ' ')}" if rollout.cut_by else "did not finish"
+        return RewardResult(UNFINISHED, {"gate": UNFINISHED}, cut)
+    if not (rollout.final_answer or "").strip():
+        return RewardResult(NO_ANSWER, {"gate": NO_ANSWER}, "no final answer")
+    if name in TEACHER_TOOL_GATED and not reference.teacher_tools:
+        return RewardResult(NO_ANSWER, {"gate": NO_ANSWER}, "teacher used no tools")
+    return None
+
+
 def score(
     name: RewardName,
     rollout: Rollout,
@@ -75,18 +119,19 @@ def score(
     """The reward ``name`` (see the module docstring) of one rollout against its reference."""
     if name not in REWARD_NAMES:
         raise ValueError(f"unknown reward {name!r}; choose one of {', '.join(REWARD_NAMES)}")
-    if not rollout.finished:
-        return RewardResult(UNFINISHED, {"gate": UNFINISHED})
-    if not (rollout.final_answer or "").strip() or not reference.teacher_tools:
-        return RewardResult(NO_ANSWER, {"gate": NO_ANSWER})
+    gated = gate(name, rollout, reference)
+    if gated is not None:
+        return gated
 
     correct = float(is_correct(rollout, reference, verify))
-    student, teacher = rollout.tool_names, set(reference.teacher_tools)
-    no_hallucination = float(student <= reference.tool_names) if reference.tools else 1.0
-    wrong_scale = correct + 0.2 * (1 - correct)
-
+    reasons = ["correct" if correct else "wrong answer"]
     if name == "sparse":
-        return RewardResult(1.0 if correct else 0.1, {"correct": correct})
+        return RewardResult(1.0 if correct else 0.1, {"correct": correct}, reasons[0])
+    student = {call.name for call in agent_calls(rollout, reference)}
+    teacher = set(reference.teacher_tools)
+    unknown = unknown_tools(rollout, reference)
+    no_hallucination = float(not unknown)
+
     if name == "mentor":
         match = float(bool(student) and student == teacher)
     elif name == "overlap":
@@ -95,12 +140,27 @@ def score(
         match = set_f1(student, teacher)
     else:
         match = 0.0
+    if name != "no_match":
+        reasons.append(match_reason(name, match, student, teacher))
+    if unknown and name != "overlap":
+        reasons.append("called unknown tool " + ", ".join(unknown))
 
     breakdown = {"correct": correct, "tool_match": match, "no_hallucination": no_hallucination}
-    value = 0.7 * correct + 0.3 * match * wrong_scale
+    value = 0.7 * correct + 0.3 * match * (correct + 0.2 * (1 - correct))
     if name != "overlap":
         value += 0.1 * no_hallucination
-    return RewardResult(round(value, 10), breakdown)
+    return RewardResult(round(value, 10), breakdown, "; ".join(reasons))
+
+
+def match_reason(name: RewardName, match: float, student: set[str], teacher: set[str]) -> str:
+    if not student:
+        return "student used no tools"
+    if name == "f1" and 0 < match < 1:
+        return f"tool set F1 {match:.2f} with teacher"
+    if match:
+        return "tool set matches teacher" if name != "overlap" or student == teacher else "tool set overlaps teacher"
+    shown = ", ".join(sorted(student)) + " vs teacher " + ", ".join(sorted(teacher))
+    return f"tool set differs from teacher ({shown})"
 
 
 def argument_match(rollout: Rollout, reference: RewardReference) -> float:
@@ -108,7 +168,7 @@ def argument_match(rollout: Rollout, reference: RewardReference) -> float:
     with a relative tolerance of 1e-6)."""
     if not reference.teacher_calls:
         return 0.0
-    remaining = list(rollout.tool_calls)
+    remaining = agent_calls(rollout, reference)
     matched = 0
     for target in reference.teacher_calls:
         for i, call in enumerate(remaining):
@@ -133,7 +193,7 @@ def same_value(a: Any, b: Any) -> bool:
 
 def order_match(rollout: Rollout, reference: RewardReference) -> float:
     """Longest common subsequence of the student's and teacher's call-name sequences, over the longer one."""
-    student = [call.name for call in rollout.tool_calls]
+    student = [call.name for call in agent_calls(rollout, reference)]
     teacher = [call.name for call in reference.teacher_calls]
     if not student or not teacher:
         return 0.0
@@ -148,7 +208,7 @@ def order_match(rollout: Rollout, reference: RewardReference) -> float:
 
 def efficiency(rollout: Rollout, reference: RewardReference) -> float:
     """1 when the student used no more calls than the teacher, falling as teacher calls / student calls."""
-    used = len(rollout.tool_calls)
+    used = len(agent_calls(rollout, reference))
     if used == 0:
         return 0.0
     return min(1.0, len(reference.teacher_calls) / used)
@@ -173,12 +233,14 @@ class TeacherGuidedReward:
     verify: Callable[[str, Any], bool] | None = None
 
     def __call__(self, rollout: Rollout, reference: RewardReference) -> RewardResult:
-        if rollout.finished and len((rollout.final_answer or "").strip()) < self.min_answer_chars:
-            return RewardResult(NO_ANSWER, {"gate": NO_ANSWER, "guard_short_answer": 1.0})
+        answer = (rollout.final_answer or "").strip()
+        if rollout.finished and len(answer) < self.min_answer_chars:
+            why = f"answer shorter than {self.min_answer_chars} characters" if answer else "no final answer"
+            return RewardResult(NO_ANSWER, {"gate": NO_ANSWER, "guard_short_answer": 1.0}, why)
         result = score(self.name, rollout, reference, self.verify)
         if "gate" in result.breakdown:
             return result
-        value, breakdown = result.value, dict(result.breakdown)
+        value, breakdown, reason = result.value, dict(result.breakdown), result.reason
         for weight, term in (
             (self.argument_weight, argument_match),
             (self.order_weight, order_match),
@@ -188,11 +250,13 @@ class TeacherGuidedReward:
                 breakdown[term.__name__] = term(rollout, reference)
                 value += weight * breakdown[term.__name__]
         if self.max_calls_factor is not None:
-            spam = len(rollout.tool_calls) > self.max_calls_factor * max(1, len(reference.teacher_calls))
+            used = len(agent_calls(rollout, reference))
+            spam = used > self.max_calls_factor * max(1, len(reference.teacher_calls))
             breakdown["guard_tool_spam"] = float(spam)
             if spam:
                 value = min(value, NO_ANSWER)
-        return RewardResult(round(value, 10), breakdown)
+                reason += f"; tool spam ({used} calls, teacher {len(reference.teacher_calls)})"
+        return RewardResult(round(value, 10), breakdown, reason)
 
     @property
     def max_value(self) -> float:

@@ -3,17 +3,31 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from mentor_agents.traces import ToolCall
+
+
+class InvalidToolCall(BaseModel):
+    """A tool call the student attempted that the parser rejected.
+
+    ``kind`` is ``unknown_tool`` when the call parsed but named a tool the agent does not offer (``name`` is that
+    name), and ``malformed`` when its text did not parse into a call (``name`` is None).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = None
+    error: str
+    kind: Literal["unknown_tool", "malformed"]
 
 
 class Rollout(BaseModel):
     """The structured messages of one student run, and the tokens it sampled.
 
-    ``finished`` is False when the run was cut off by the token budget or the turn limit. The token fields are
+    ``finished`` is False when the run was cut off by the token budget or the turn limit; ``cut_by`` says which,
+    when the rollout runner knows. The token fields are
     filled by the trainer: ``completion_mask`` is 1 on tokens the model sampled and 0 on tokens inserted by the chat
     template or by tool results, so that only the former carry loss.
     """
@@ -22,15 +36,22 @@ class Rollout(BaseModel):
     task_id: str = ""
     messages: list[dict[str, Any]] = []
     tool_calls: list[ToolCall] = []
-    invalid_calls: list[str] = []
+    invalid_calls: list[InvalidToolCall] = []
     """Calls the student attempted that could not be parsed or named no offered tool, with the reason."""
     final_answer: str | None = None
     finished: bool = True
+    cut_by: Literal["token_budget", "turn_limit"] | None = None
     turns: int = 0
     prompt_ids: list[int] = []
     completion_ids: list[int] = []
     completion_mask: list[int] = []
     logprobs: list[float] = []
+
+    @model_validator(mode="after")
+    def _cut_means_unfinished(self) -> Rollout:
+        if self.cut_by is not None and self.finished:
+            raise ValueError(f"a rollout cut off by the {self.cut_by.replace('_', ' ')} cannot be finished")
+        return self
 
     @property
     def tool_names(self) -> set[str]:
@@ -41,7 +62,9 @@ class Rollout(BaseModel):
         """A rollout from OpenAI-format messages (tool-call arguments as dicts or JSON strings).
 
         The final answer is the content of the last assistant message when that message calls no tool.
-        Assistant messages may carry ``invalid_tool_calls`` (``[{"name", "error"}]``) for calls that failed to parse.
+        Assistant messages may carry ``invalid_tool_calls`` (``[{"name", "error"}]``, optionally ``"kind"``) for calls
+        the parser rejected. Without a ``kind``, one that has a name is a call to an unknown tool (the student's parser
+        names only those) and one without is malformed.
         """
         calls, invalid = [], []
         turns = 0
@@ -54,7 +77,8 @@ class Rollout(BaseModel):
                 args = function.get("arguments", function.get("args", {}))
                 calls.append(ToolCall(id=call.get("id") or "", name=function["name"], args=args_dict(args)))
             for bad in message.get("invalid_tool_calls") or []:
-                invalid.append(f"{bad.get('name')}: {bad.get('error')}")
+                kind = bad.get("kind") or ("unknown_tool" if bad.get("name") else "malformed")
+                invalid.append(InvalidToolCall(name=bad.get("name"), error=bad.get("error") or "", kind=kind))
         last = messages[-1] if messages else {}
         answer = None
         if last.get("role") == "assistant" and not last.get("tool_calls"):

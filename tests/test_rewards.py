@@ -12,7 +12,7 @@ from mentor_agents.rewards import (
     score,
     set_f1,
 )
-from mentor_agents.rollouts import Rollout
+from mentor_agents.rollouts import InvalidToolCall, Rollout
 from mentor_agents.tasks import NumericMatch
 from mentor_agents.traces import ToolCall
 
@@ -28,9 +28,13 @@ def reference(teacher=("add", "multiply"), calls=None, ground_truth=42):
     )
 
 
-def rollout(names=(), answer="Answer: 42", finished=True, args=None):
+def rollout(names=(), answer="Answer: 42", finished=True, args=None, invalid=()):
     calls = [ToolCall(id=f"c{i}", name=n, args=args or {"a": 1, "b": 2}) for i, n in enumerate(names)]
-    return Rollout(tool_calls=calls, final_answer=answer, finished=finished)
+    return Rollout(tool_calls=calls, final_answer=answer, finished=finished, invalid_calls=list(invalid))
+
+
+UNKNOWN = InvalidToolCall(name="python", error="unknown tool 'python'", kind="unknown_tool")
+MALFORMED = InvalidToolCall(error="Expecting value at line 1 column 2", kind="malformed")
 
 
 def test_mentor_reachable_values():
@@ -47,19 +51,23 @@ def test_mentor_reachable_values():
 
 
 def test_mentor_match_with_hallucination_values():
-    # 1.0 and 0.06 need S == T with H == 0: reachable when the teacher itself named a tool the agent lacks.
-    ref = reference(teacher=("add", "hack"))
+    # 1.0 and 0.06 are S == T with H == 0: S holds only the agent's tools, so a call to an unknown tool on top of
+    # the teacher's set still matches and only loses the 0.1 (as in the reference code).
+    ref = reference(teacher=("add",))
     assert score("mentor", rollout(("add", "hack")), ref).value == 1.0
     assert score("mentor", rollout(("add", "hack"), "Answer: 0"), ref).value == 0.06
+    assert score("f1", rollout(("add", "hack")), ref).value == 1.0
+    # A teacher tool the agent lacks can never be in S, so S == T cannot hold.
+    odd = reference(teacher=("add", "hack"))
+    assert score("mentor", rollout(("add", "hack")), odd).value == 0.7
+    assert score("mentor", rollout(("add", "hack"), "Answer: 0"), odd).value == 0.0
 
 
 def test_every_reachable_value_is_hit():
-    ref, odd_ref = reference(), reference(teacher=("add", "hack"))
     seen = set()
     for names in [(), ("add",), ("add", "multiply"), ("hack",), ("add", "hack"), ("add", "multiply", "hack")]:
         for answer in ["Answer: 42", "Answer: 41"]:
-            for r in (ref, odd_ref):
-                seen.add(score("mentor", rollout(names, answer), r).value)
+            seen.add(score("mentor", rollout(names, answer), reference()).value)
     assert {0.7, 0.8, 1.0, 1.1} <= seen  # correct
     assert {0.0, 0.06, 0.1, 0.16} <= seen  # wrong
     assert seen <= {0.0, 0.06, 0.1, 0.16, 0.7, 0.8, 1.0, 1.1}
@@ -70,9 +78,11 @@ def test_gates(name):
     assert score(name, rollout(("add", "multiply"), finished=False), reference()).value == 0.0
     assert score(name, rollout(("add", "multiply"), answer=None), reference()).value == 0.1
     assert score(name, rollout(("add", "multiply"), answer="   "), reference()).value == 0.1
-    no_teacher_tools = reference(teacher=(), calls=[])
-    no_teacher_tools = no_teacher_tools.model_copy(update={"teacher_tools": [], "teacher_calls": []})
-    assert score(name, rollout(("add",)), no_teacher_tools).value == 0.1
+    no_teacher_tools = reference().model_copy(update={"teacher_tools": [], "teacher_calls": []})
+    # "The teacher used no tools" gates only the variants that match against the teacher's tools.
+    ungated = {"sparse": 1.0, "no_match": 0.8}
+    assert score(name, rollout(("add",)), no_teacher_tools).value == ungated.get(name, 0.1)
+    assert score(name, rollout(()), no_teacher_tools).value == ungated.get(name, 0.1)
 
 
 def test_ablations():
@@ -143,3 +153,66 @@ def test_hack_guards():
     assert guarded(rollout(("add", "multiply")), ref).value == 1.1
     short = guarded(rollout(("add", "multiply"), answer="42"), ref)
     assert short.value == 0.1 and short.breakdown["guard_short_answer"] == 1.0
+
+
+@pytest.mark.parametrize("name", ["mentor", "no_match", "f1"])
+def test_calls_the_parser_rejected_as_unknown_cost_the_h_term_and_malformed_ones_nothing(name):
+    ref = reference()
+    full = score(name, rollout(("add", "multiply")), ref).value
+    assert score(name, rollout(("add", "multiply"), invalid=[MALFORMED]), ref).value == full
+    assert score(name, rollout(("add", "multiply"), invalid=[UNKNOWN]), ref).value == pytest.approx(full - 0.1)
+    assert score(name, rollout(("add", "multiply"), invalid=[UNKNOWN]), ref).breakdown["no_hallucination"] == 0.0
+    # the example: T = {sqrt}, the student calls only python (rejected), correct
+    assert score("mentor", rollout((), invalid=[UNKNOWN]), reference(teacher=("sqrt",))).value == 0.7
+
+
+def test_an_unknown_tool_the_parser_let_through_counts_like_a_rejected_one():
+    ref = reference()
+    through_parser = rollout(("add", "multiply"), invalid=[UNKNOWN])
+    let_through = rollout(("add", "multiply", "python"))
+    for name in REWARD_NAMES:
+        assert score(name, let_through, ref) == score(name, through_parser, ref)
+
+
+def test_reasons_say_which_gate_or_terms_decided():
+    ref = reference()
+    cut = rollout(("add",), finished=False).model_copy(update={"cut_by": "turn_limit"})
+    assert score("mentor", cut, ref).reason == "cut off by turn limit"
+    assert score("mentor", rollout(("add",), finished=False), ref).reason == "did not finish"
+    assert score("sparse", rollout(answer=""), ref).reason == "no final answer"
+    no_teacher_tools = ref.model_copy(update={"teacher_tools": [], "teacher_calls": []})
+    assert score("f1", rollout(("add",)), no_teacher_tools).reason == "teacher used no tools"
+    assert score("mentor", rollout(("add", "multiply")), ref).reason == "correct; tool set matches teacher"
+    assert score("mentor", rollout(("add",), invalid=[UNKNOWN]), ref).reason == (
+        "correct; tool set differs from teacher (add vs teacher add, multiply); called unknown tool python")
+    assert score("overlap", rollout(("add",), "Answer: 1"), ref).reason == "wrong answer; tool set overlaps teacher"
+    assert score("f1", rollout(("add",)), ref).reason == "correct; tool set F1 0.67 with teacher"
+    assert score("no_match", rollout(()), ref).reason == "correct"
+    assert score("mentor", rollout(()), ref).reason == "correct; student used no tools"
+    spam = TeacherGuidedReward(max_calls_factor=1.0)(rollout(("add", "multiply") * 2), ref)
+    assert spam.reason == "correct; tool set matches teacher; tool spam (4 calls, teacher 2)"
+    assert TeacherGuidedReward(min_answer_chars=3)(rollout(answer="42"), ref).reason == "answer shorter than 3 characters"
+
+
+def test_an_empty_answer_keeps_the_gate_whatever_the_verifier_says():
+    for verdict in (None, True):
+        reward = TeacherGuidedReward(verify=lambda answer, truth: verdict)
+        assert reward(rollout(("add", "multiply"), answer=""), reference()).value == 0.1
+
+
+def test_extensions_and_guards_ignore_calls_to_tools_the_agent_lacks():
+    calls = [CallReference(name="add", args={"a": 1, "b": 2}), CallReference(name="multiply", args={"a": 1, "b": 2})]
+    ref = reference(calls=calls)
+    clean = rollout(("add", "multiply"))
+    with_unknown = rollout(("hack", "add", "hack", "multiply", "hack"))
+    for term in (argument_match, order_match, efficiency):
+        assert term(with_unknown, ref) == term(clean, ref) == 1.0, term.__name__
+    guarded = TeacherGuidedReward(argument_weight=1, order_weight=1, efficiency_weight=1, max_calls_factor=1.0)
+    result = guarded(with_unknown, ref)
+    assert result.breakdown["guard_tool_spam"] == 0.0
+    assert result.value == pytest.approx(guarded(clean, ref).value - 0.1)  # only the H term sees the unknown calls
+
+
+def test_a_cut_off_rollout_cannot_be_finished():
+    with pytest.raises(ValueError, match="cut off by the token budget cannot be finished"):
+        Rollout(finished=True, cut_by="token_budget")
