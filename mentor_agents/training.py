@@ -333,7 +333,7 @@ def _within_budget(rollout: Rollout, budget: int) -> Rollout:
     if len(rollout.completion_ids) <= budget:
         return rollout
     return rollout.model_copy(update={
-        "finished": False, "completion_ids": rollout.completion_ids[:budget],
+        "finished": False, "cut_by": "token_budget", "completion_ids": rollout.completion_ids[:budget],
         "completion_mask": rollout.completion_mask[:budget], "logprobs": rollout.logprobs[:budget],
     })
 

@@ -131,7 +131,7 @@ def run_rollouts(graph: Any, references: Sequence[RewardReference], model: Any, 
         _SLOT.set(slot)
         recorder = TokenRecorder()
         state: dict[str, Any] = {"messages": []}
-        finished = True
+        cut_by = None
         try:
             for state in agent.stream(
                 {"messages": [{"role": "user", "content": reference.task_input}]},
@@ -139,14 +139,14 @@ def run_rollouts(graph: Any, references: Sequence[RewardReference], model: Any, 
             ):
                 pass
         except (TurnLimitExceeded, GraphRecursionError):
-            finished = False
+            cut_by = "turn_limit"
         finally:
             generator.finish()
         # A turn that ran out of new tokens before its end token is cut off, as in the reference code (no EOS).
         if any(not r.generated_ids or r.generated_ids[-1] not in r.end_ids for r in recorder.records):
-            finished = False
-        return rollout_from_run(state, recorder.records, task_id=reference.task_id, finished=finished,
-                                strict=False)
+            cut_by = "token_budget"
+        return rollout_from_run(state, recorder.records, task_id=reference.task_id, finished=cut_by is None,
+                                cut_by=cut_by, strict=False)
 
     with ThreadPoolExecutor(max_workers=max(1, len(references))) as pool:
         futures = [pool.submit(contextvars.copy_context().run, one, i, ref) for i, ref in enumerate(references)]

@@ -17,7 +17,7 @@ import dataclasses
 import types
 import uuid
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Literal, NamedTuple, Sequence
 
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.language_models import BaseChatModel
@@ -146,14 +146,16 @@ def rollout_from_run(
     *,
     task_id: str = "",
     finished: bool = True,
+    cut_by: Literal["token_budget", "turn_limit"] | None = None,
     strict: bool = True,
 ) -> Rollout:
-    """A `Rollout` from a finished graph state (or its messages) and the run's token records (may be empty)."""
+    """A `Rollout` from a finished graph state (or its messages) and the run's token records (may be empty);
+    ``cut_by`` says what stopped a run that did not finish."""
     messages = openai_messages(state["messages"] if isinstance(state, dict) else state)
     tokens: dict[str, Any] = {}
     if records:
         tokens = stitch(records, strict=strict)._asdict()
-    return Rollout.from_messages(messages, finished=finished, task_id=task_id, **tokens)
+    return Rollout.from_messages(messages, finished=finished, cut_by=cut_by, task_id=task_id, **tokens)
 
 
 def openai_messages(messages: Sequence[Any]) -> list[dict[str, Any]]:
@@ -267,17 +269,6 @@ class StudentChatModel(BaseChatModel):
         stopped = bool(generated) and generated[-1] in end_ids
         text = tokenizer.decode(generated[:-1] if stopped else generated, skip_special_tokens=False)
 
-        if tool_choice == "none":
-            for marker in end_markers(tokenizer):
-                text = text.split(marker, 1)[0]
-            content, calls, invalid = text, [], []
-        else:
-            offered = tools or []
-            name = _chosen_name(tool_choice)
-            if name is not None:
-                offered = [t for t in offered if t["function"]["name"] == name]
-            content, calls, invalid = parse_generation(text, offered, tokenizer)
-
         if recorders:
             logits = torch.stack(out.logits[: len(generated)], dim=1)[0].float()
             scale = self.temperature if self.do_sample else 1.0
@@ -287,20 +278,39 @@ class StudentChatModel(BaseChatModel):
             for recorder in recorders:
                 recorder.records.append(record)
 
-        finish = "tool_calls" if calls else ("stop" if stopped else "length")
-        message = AIMessage(
-            content=content,
-            tool_calls=[{"name": c.name, "args": c.arguments, "id": c.id, "type": "tool_call"} for c in calls],
-            invalid_tool_calls=[
-                {"name": c.name, "args": c.text, "id": "call_" + uuid.uuid4().hex[:24], "error": c.error,
-                 "type": "invalid_tool_call"}
-                for c in invalid
-            ],
-            usage_metadata={"input_tokens": len(prompt_ids), "output_tokens": len(generated),
-                            "total_tokens": len(prompt_ids) + len(generated)},
-            response_metadata={"model_name": self.model_name, "finish_reason": finish},
-        )
+        message = turn_message(text, tokenizer, tools, tool_choice, stopped=stopped)
+        message.usage_metadata = {"input_tokens": len(prompt_ids), "output_tokens": len(generated),
+                                  "total_tokens": len(prompt_ids) + len(generated)}
+        message.response_metadata["model_name"] = self.model_name
         return ChatResult(generations=[ChatGeneration(message=message)])
+
+
+def turn_message(text: str, tokenizer: Any, tools: list[dict] | None = None, tool_choice: Any = None,
+                 stopped: bool = True) -> AIMessage:
+    """The `AIMessage` of one generated turn, as `StudentChatModel` returns it: ``text`` (decoded, without the stop
+    token) parsed for calls to ``tools`` (`mentor_agents.student.parse_generation`); calls that do not parse or name
+    another tool go to ``invalid_tool_calls``. ``stopped``: the turn ended with a stop token (else it ran out of new
+    tokens)."""
+    if tool_choice == "none":
+        for marker in end_markers(tokenizer):
+            text = text.split(marker, 1)[0]
+        content, calls, invalid = text, [], []
+    else:
+        offered = tools or []
+        name = _chosen_name(tool_choice)
+        if name is not None:
+            offered = [t for t in offered if t["function"]["name"] == name]
+        content, calls, invalid = parse_generation(text, offered, tokenizer)
+    return AIMessage(
+        content=content,
+        tool_calls=[{"name": c.name, "args": c.arguments, "id": c.id, "type": "tool_call"} for c in calls],
+        invalid_tool_calls=[
+            {"name": c.name, "args": c.text, "id": "call_" + uuid.uuid4().hex[:24], "error": c.error,
+             "type": "invalid_tool_call"}
+            for c in invalid
+        ],
+        response_metadata={"finish_reason": "tool_calls" if calls else ("stop" if stopped else "length")},
+    )
 
 
 def _recorders(run_manager: Any) -> list[TokenRecorder]:
