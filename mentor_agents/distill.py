@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import random
+from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol, Sequence
@@ -32,6 +33,7 @@ from mentor_agents.references import (
     self_consistency,
     summarize,
 )
+from mentor_agents.rollouts import ScoredRollout
 from mentor_agents.tasks import Task, task_from_dict, task_to_dict
 from mentor_agents.traces import Trace, TraceStore
 from mentor_agents.student import TinyStudentConfig
@@ -327,8 +329,10 @@ def write_report(run: RunState, student: str, method: str, teacher_traces: list[
         "evaluation": {f"{m}|{s}": v.as_dict() for (m, s), v in results.items()},
         "training": training,
     })
+    trained = run.done.get(f"train:{method}")
+    invalid = top_invalid_calls(Path(trained["metrics"]).with_name("rollouts.jsonl")) if trained else ""
     report = render_report(student, method, summary, len(references), splits, table,
-                           learned_verdict(results, method), config, bool(history))
+                           learned_verdict(results, method), config, bool(history), invalid)
     write_text_atomic(run.run / "report.md", report)
     reward = "none (supervised fine-tuning)" if method == "sft" else \
         repr(replace(config.train, method=method).reward_fn).replace("TeacherGuidedReward", "")
@@ -363,9 +367,20 @@ def learned_verdict(results: dict[tuple[str, str], Metrics], method: str) -> str
             f"({before.success:.0%} before, {after.success:.0%} after {method}).")
 
 
+def top_invalid_calls(rollout_log: Path, top: int = 5) -> str:
+    """The tool names of the most frequent invalid calls in a GRPO stage's ``rollouts.jsonl``, with counts;
+    ``none`` when there were none, and empty when the stage has no rollout log (SFT)."""
+    if not rollout_log.exists():
+        return ""
+    rollouts = [ScoredRollout.model_validate_json(line) for line in rollout_log.read_text().splitlines() if line]
+    counts = Counter(call.label for r in rollouts for call in r.invalid_calls)
+    return ", ".join(f"`{label}` {count}" for label, count in counts.most_common(top)) or "none"
+
+
 def render_report(student: str, method: str, summary: Any, n_refs: int, splits: dict[str, list[Task]], table: str,
-                  learned: str, config: DistillConfig, has_curve: bool) -> str:
+                  learned: str, config: DistillConfig, has_curve: bool, invalid: str = "") -> str:
     rate = "n/a" if summary.success_rate is None else f"{summary.success_rate:.0%}"
+    invalid_row = f"| most frequent invalid tool calls in training | {invalid} |\n" if invalid else ""
     return f"""# Distillation report
 
 {learned}
@@ -382,7 +397,7 @@ def render_report(student: str, method: str, summary: Any, n_refs: int, splits: 
 | tasks | train {len(splits["train"])}, held-out test {len(splits["test"])}, out-of-domain {len(splits["ood"])} |
 | teacher traces | {summary.traces} (success rate {rate}, {summary.calls_per_task:.2f} calls per task) |
 | references | {n_refs} verified-correct traces |
-
+{invalid_row}
 {"![reward curve](reward_curve.png)" if has_curve else ""}
 
 ![success by method and split](success.png)

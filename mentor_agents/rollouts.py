@@ -22,6 +22,11 @@ class InvalidToolCall(BaseModel):
     error: str
     kind: Literal["unknown_tool", "malformed"]
 
+    @property
+    def label(self) -> str:
+        """The name, or ``<malformed>`` for a call without one: how metrics and reports count invalid calls."""
+        return self.name or "<malformed>"
+
 
 class Rollout(BaseModel):
     """The structured messages of one student run, and the tokens it sampled.
@@ -87,6 +92,25 @@ class Rollout(BaseModel):
             messages=messages, tool_calls=calls, invalid_calls=invalid, final_answer=answer,
             finished=finished, turns=turns, **fields,
         )
+
+
+class ScoredRollout(BaseModel):
+    """One line of a GRPO stage's ``rollouts.jsonl``: a rollout of a training step, its reward and why."""
+
+    model_config = ConfigDict(extra="forbid")
+    step: int
+    """The training step that used the rollout (the ``step`` of the same stage's ``metrics.jsonl``)."""
+    task_id: str
+    reward: float
+    breakdown: dict[str, float]
+    reason: str
+    finished: bool
+    cut_by: Literal["token_budget", "turn_limit"] | None = None
+    turns: int
+    tool_calls: list[ToolCall]
+    """The student's parsed calls, in order."""
+    invalid_calls: list[InvalidToolCall]
+    final_answer: str | None = None
 
 
 def args_dict(args: Any) -> dict[str, Any]:

@@ -13,8 +13,11 @@ result.adapter_dir, result.metrics[-1]["reward"]
 Each GRPO step logs (to ``trainer.state.log_history`` and ``<output_dir>/<stage>/metrics.jsonl``): ``reward``,
 ``reward_std``, ``reward/<component>`` (the reward breakdown, 0 where a gate fired), ``reward/gated``,
 ``rollout/tool_call_rate`` (share of rollouts with a valid call), ``rollout/tool_calls``,
-``rollout/invalid_call_rate`` (share of rollouts with an invalid call), ``rollout/turns``, ``rollout/finished``,
-``kl`` (when ``beta > 0``) and ``frac_reward_zero_std`` (share of groups whose rewards are all equal).
+``rollout/invalid_call_rate`` (share of rollouts with an invalid call), ``rollout/invalid_calls/<name>`` (invalid
+calls naming that tool in the step's rollouts; ``<malformed>`` for calls that did not parse), ``rollout/turns``,
+``rollout/finished``, ``kl`` (when ``beta > 0``) and ``frac_reward_zero_std`` (share of groups whose rewards are all
+equal). Each rollout, with its reward, breakdown and reason, goes to ``<output_dir>/<stage>/rollouts.jsonl``
+(`mentor_agents.rollouts.ScoredRollout`).
 """
 
 from __future__ import annotations
@@ -25,12 +28,14 @@ import re
 import shutil
 import statistics
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
 import torch
 from accelerate import PartialState
+from accelerate.utils import gather_object
 from datasets import Dataset
 from peft import LoraConfig, PeftModel
 from transformers import (
@@ -46,8 +51,8 @@ from trl.models import unwrap_model_for_generation
 
 from mentor_agents.files import save_dir_atomically, write_text_atomic
 from mentor_agents.references import RewardReference, build_references
-from mentor_agents.rewards import REWARD_NAMES, TeacherGuidedReward
-from mentor_agents.rollouts import Rollout
+from mentor_agents.rewards import REWARD_NAMES, RewardResult, TeacherGuidedReward
+from mentor_agents.rollouts import Rollout, ScoredRollout
 from mentor_agents.student import load_student, training_chat_template
 from mentor_agents.traces import ModelStep, Trace
 
@@ -275,26 +280,44 @@ def grpo_dataset(references: Sequence[RewardReference]) -> Dataset:
 
 
 def rollout_metrics(rollouts: Sequence[Rollout]) -> dict[str, float]:
-    """Tool-call, invalid-call, turn and finish rates over ``rollouts``."""
+    """Tool-call, invalid-call, turn and finish rates over ``rollouts``, and the count of invalid calls by name."""
     n = max(1, len(rollouts))
+    invalid = Counter(call.label for r in rollouts for call in r.invalid_calls)
     return {
         "rollout/tool_call_rate": sum(bool(r.tool_calls) for r in rollouts) / n,
         "rollout/tool_calls": sum(len(r.tool_calls) for r in rollouts) / n,
         "rollout/invalid_call_rate": sum(bool(r.invalid_calls) for r in rollouts) / n,
         "rollout/turns": sum(r.turns for r in rollouts) / n,
         "rollout/finished": sum(r.finished for r in rollouts) / n,
+        **{f"rollout/invalid_calls/{label}": count for label, count in invalid.most_common()},
     }
 
 
 def score_rollouts(rollouts: Sequence[Rollout], references: Sequence[RewardReference],
-                   reward: TeacherGuidedReward) -> tuple[list[float], dict[str, float]]:
+                   reward: TeacherGuidedReward) -> tuple[list[RewardResult], dict[str, float]]:
     """Rewards of ``rollouts`` against their references, and the mean of each breakdown component."""
     results = [reward(r, ref) for r, ref in zip(rollouts, references, strict=True)]
     names = sorted({k for res in results for k in res.breakdown if k != "gate"})
     n = max(1, len(results))
     means = {f"reward/{k}": sum(res.breakdown.get(k, 0.0) for res in results) / n for k in names}
     means["reward/gated"] = sum("gate" in res.breakdown for res in results) / n
-    return [res.value for res in results], means
+    return results, means
+
+
+def log_rollouts(path: Path, step: int, rollouts: Sequence[Rollout], results: Sequence[RewardResult],
+                 main: bool = True) -> None:
+    """Append one `ScoredRollout` line per rollout to ``path``; every process's rollouts, written by the main one."""
+    lines = gather_object([ScoredRollout(
+        step=step, task_id=r.task_id, reward=res.value, breakdown=res.breakdown, reason=res.reason,
+        finished=r.finished, cut_by=r.cut_by, turns=r.turns, tool_calls=r.tool_calls, invalid_calls=r.invalid_calls,
+        final_answer=r.final_answer,
+    ).model_dump_json() + "\n" for r, res in zip(rollouts, results, strict=True)])
+    if main:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as f:
+            f.write("".join(lines))
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def make_rollout_func(rollout_fn: RolloutFn, references: Sequence[RewardReference], config: TrainConfig):
@@ -338,15 +361,19 @@ def _within_budget(rollout: Rollout, budget: int) -> Rollout:
     })
 
 
-def make_reward_func(reward: TeacherGuidedReward):
-    """The TRL reward function: scores each rollout against the reference of its dataset row, and logs the reward
-    breakdown and rollout rates as step metrics."""
+def make_reward_func(reward: TeacherGuidedReward, rollout_log: Path | None = None):
+    """The TRL reward function: scores each rollout against the reference of its dataset row, logs the reward
+    breakdown and rollout rates as step metrics, and appends each scored rollout to ``rollout_log`` (JSONL)."""
     parsed: dict[str, RewardReference] = {}
 
     def teacher_guided_reward(prompts, completions, rollout, reference, log_metric=None, rollout_seconds=None,
-                              **_) -> list[float]:
+                              trainer_state=None, **_) -> list[float]:
         refs = [parsed.setdefault(r, RewardReference.model_validate_json(r)) for r in reference]
-        values, components = score_rollouts(rollout, refs, reward)
+        results, components = score_rollouts(rollout, refs, reward)
+        if rollout_log is not None and trainer_state is not None:
+            # The reward is computed inside the step that the trainer counts once it is done.
+            log_rollouts(rollout_log, trainer_state.global_step + 1, rollout, results,
+                         main=trainer_state.is_world_process_zero)
         if log_metric is not None:
             for name, value in {**components, **rollout_metrics(rollout)}.items():
                 log_metric(name, value)
@@ -354,7 +381,7 @@ def make_reward_func(reward: TeacherGuidedReward):
                 seconds = rollout_seconds[0]
                 log_metric("rollout/seconds", seconds)
                 log_metric("rollout/sampled_tokens_per_s", sum(sum(r.completion_mask) for r in rollout) / seconds)
-        return values
+        return [res.value for res in results]
 
     teacher_guided_reward.__name__ = reward.name
     return teacher_guided_reward
@@ -381,7 +408,8 @@ def grpo(model: str | os.PathLike[str] | PreTrainedModel, tokenizer: PreTrainedT
     )
     reward = config.reward_fn
     trainer = GRPOTrainer(
-        model=model, reward_funcs=make_reward_func(reward), args=args, train_dataset=grpo_dataset(references),
+        model=model, reward_funcs=make_reward_func(reward, out / "rollouts.jsonl"), args=args,
+        train_dataset=grpo_dataset(references),
         processing_class=tokenizer, peft_config=config.lora(),
         rollout_func=make_rollout_func(rollout_fn, references, config),
         callbacks=[MetricsFile(out / "metrics.jsonl"), *callbacks],
@@ -399,8 +427,8 @@ def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, referen
         rollouts = rollout_fn(list(references), model, tokenizer, config)
     finally:
         model.train(was_training)
-    values, components = score_rollouts(rollouts, references, config.reward_fn)
-    return {"reward": statistics.fmean(values), **components, **rollout_metrics(rollouts)}
+    results, components = score_rollouts(rollouts, references, config.reward_fn)
+    return {"reward": statistics.fmean(r.value for r in results), **components, **rollout_metrics(rollouts)}
 
 
 # ----------------------------------------------------------------------------------------------------- entry point
@@ -511,13 +539,13 @@ def _complete(checkpoint: Path) -> bool:
 
 def _train(trainer, out: Path, resume: bool) -> None:
     checkpoint = last_checkpoint(out) if resume else None
-    metrics = out / "metrics.jsonl"
+    metrics, rollouts = out / "metrics.jsonl", out / "rollouts.jsonl"
     main = trainer.is_world_process_zero()  # one process tidies the run directory; the others wait below
     if checkpoint is None:
         if main and out.exists():
             # Training starts at step 0: it must not inherit stale checkpoints (only incomplete ones, when resuming)
             # or metrics of an earlier or killed run in the same directory.
-            for stale in [*out.glob("checkpoint-*"), metrics]:
+            for stale in [*out.glob("checkpoint-*"), metrics, rollouts]:
                 shutil.rmtree(stale) if stale.is_dir() else stale.unlink(missing_ok=True)
     elif main:
         for partial in out.glob("checkpoint-*"):
@@ -526,10 +554,11 @@ def _train(trainer, out: Path, resume: bool) -> None:
         # Steps logged after the checkpoint are redone on resume, and the end-of-training summary is logged again
         # when the resumed run ends; drop their lines so each appears once.
         step = json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
-        if metrics.exists():
-            kept = [line for line in metrics.read_text().splitlines()
-                    if _kept_on_resume(line, step, keep_summary=_finished(checkpoint))]
-            write_text_atomic(metrics, "".join(line + "\n" for line in kept))
+        for log in (metrics, rollouts):
+            if log.exists():
+                kept = [line for line in log.read_text().splitlines()
+                        if _kept_on_resume(line, step, keep_summary=_finished(checkpoint))]
+                write_text_atomic(log, "".join(line + "\n" for line in kept))
     trainer.accelerator.wait_for_everyone()
     if checkpoint is not None and _finished(checkpoint):
         # Resumed at its last step, the trainer would run one step past max_steps (its stop check comes after a

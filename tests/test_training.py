@@ -25,6 +25,7 @@ from mentor_agents.integrations.langgraph.calculator import TOOLS, ScriptedCalcu
 from mentor_agents.integrations.langgraph.recording import record
 from mentor_agents.integrations.langgraph.rollouts import graph_rollout_fn, run_rollouts
 from mentor_agents.references import build_references
+from mentor_agents.rollouts import InvalidToolCall, Rollout, ScoredRollout
 from mentor_agents.student import load_student, make_tiny_student
 from mentor_agents.traces import TraceStore
 from mentor_agents.training import (
@@ -34,6 +35,7 @@ from mentor_agents.training import (
     last_checkpoint,
     load_trained,
     merge,
+    rollout_metrics,
     sft,
     sft_dataset,
 )
@@ -184,6 +186,16 @@ def test_broken_json_gives_invalid_calls_and_low_rewards_not_errors(student_dir,
     assert len(logged) == 2
     assert all(h["rollout/invalid_call_rate"] == 1.0 and h["rollout/tool_calls"] == 0 for h in logged)
     assert all(h["reward"] <= 0.1 + 1e-6 for h in logged)  # the "no answer" gate at most
+    log = [ScoredRollout.model_validate_json(line)
+           for line in (result.output_dir / "rollouts.jsonl").read_text().splitlines()]
+    assert [r.step for r in log] == [1, 1, 1, 1, 2, 2, 2, 2]
+    references = {ref.task_id for ref in build_references(traces)}
+    assert all(r.task_id in references and r.tool_calls == [] and r.reward <= 0.1 + 1e-6 for r in log)
+    assert all(r.invalid_calls and {c.kind for c in r.invalid_calls} == {"malformed"} for r in log)
+    assert all(r.reason in ("no final answer", "cut off by turn limit") for r in log), [r.reason for r in log]
+    # per step: the count of malformed calls in its 4 rollouts, as the log has them
+    for h in logged:
+        assert h["rollout/invalid_calls/<malformed>"] == sum(len(r.invalid_calls) for r in log if r.step == h["step"])
 
 
 def test_turn_limit_cuts_rollouts_and_they_score_zero(student_dir, traces, workdir):
@@ -196,6 +208,8 @@ def test_turn_limit_cuts_rollouts_and_they_score_zero(student_dir, traces, workd
     rollouts = run_rollouts(agent(ScriptedCalculatorTeacher()), references, model, tokenizer, cfg,
                             logits_processor=looping)
     assert [r.finished for r in rollouts] == [False, False]
+    assert [r.cut_by for r in rollouts] == ["turn_limit", "turn_limit"]
+    assert {cfg.reward_fn(r, ref).reason for r, ref in zip(rollouts, references)} == {"cut off by turn limit"}
     assert all(r.turns == 2 and len(r.tool_calls) == 2 for r in rollouts)
     assert all(cfg.reward_fn(r, ref).value == 0.0 for r, ref in zip(rollouts, references))
     mask = rollouts[0].completion_mask
@@ -255,8 +269,19 @@ def test_sigkill_after_a_checkpoint_then_resume_continues(student_dir, traces, w
     assert state["global_step"] == 6
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps[:6] == [1, 2, 3, 4, 5, 6]  # steps 1-2 from the killed run, 3-6 after resuming, none twice
+    logged = [json.loads(line)["step"] for line in (out / "rollouts.jsonl").read_text().splitlines()]
+    assert logged == [step for step in range(1, 7) for _ in range(4)]
     model, _ = load_trained(out / "adapter", base_model=str(student_dir))
     assert sum(p.numel() for n, p in model.named_parameters() if "lora_" in n) > 0
+
+
+def test_rollout_metrics_count_invalid_calls_by_name():
+    unknown = InvalidToolCall(name="python", error="unknown tool 'python'", kind="unknown_tool")
+    malformed = InvalidToolCall(error="Expecting value", kind="malformed")
+    metrics = rollout_metrics([Rollout(invalid_calls=[unknown, unknown, malformed]), Rollout(invalid_calls=[unknown])])
+    assert metrics["rollout/invalid_calls/python"] == 3 and metrics["rollout/invalid_calls/<malformed>"] == 1
+    assert metrics["rollout/invalid_call_rate"] == 1.0
+    assert not any(key.startswith("rollout/invalid_calls/") for key in rollout_metrics([Rollout()]))
 
 
 def test_config_rejects_unknown_method_and_reward():
