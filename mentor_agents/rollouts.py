@@ -32,9 +32,9 @@ class Rollout(BaseModel):
     """The structured messages of one student run, and the tokens it sampled.
 
     ``finished`` is False when the run was cut off by the token budget or the turn limit; ``cut_by`` says which,
-    when the rollout runner knows. The token fields are
-    filled by the trainer: ``completion_mask`` is 1 on tokens the model sampled and 0 on tokens inserted by the chat
-    template or by tool results, so that only the former carry loss.
+    when the rollout runner knows. The token fields are filled by the trainer: ``completion_mask`` is 1 on tokens the
+    model sampled and 0 on tokens inserted by the chat template or by tool results, so that only the former carry
+    loss.
     """
 
     model_config = ConfigDict(extra="forbid")

@@ -53,6 +53,9 @@ def test_distill_every_stage_resume_and_swap(tmp_path, teacher_url):
     assert metrics["evaluation"]["teacher|test"]["success"] == 1.0
     assert len(metrics["training"]["mentor"]) >= 2
     assert "| teacher | test | 3 | 100%" in student.report
+    rollout_log = run_dir / "train" / "mentor" / "mentor" / "rollouts.jsonl"
+    assert len(rollout_log.read_text().splitlines()) == 2 * 2 * 2  # steps x prompts x generations
+    assert "| most frequent invalid tool calls in training | " in student.report
     done = json.loads((run_dir / "state.json").read_text())["done"]
     assert {"tasks", "traces", "train:sft", "train:mentor"} <= set(done)
 

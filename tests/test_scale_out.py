@@ -65,3 +65,13 @@ def test_ddp_matches_the_single_process_run(runs):
         # Padding differs between the layouts (one batch of 16 vs two of 8), so logits agree to rounding, and
         # Adam can amplify rounding in near-zero gradients; measured: at most 2e-5 against an update of 7e-3.
         torch.testing.assert_close(adapter_b[key], adapter_a[key], rtol=0, atol=0.02 * update)
+
+
+def test_the_rollout_log_holds_the_rollouts_of_every_process(runs):
+    def logged(name: str) -> list[tuple[int, str, float, str]]:
+        lines = (runs / name / "mentor" / "rollouts.jsonl").read_text().splitlines()
+        return sorted((r["step"], r["task_id"], r["reward"], r["reason"]) for r in map(json.loads, lines))
+
+    single, ddp = logged("single"), logged("ddp")
+    assert [step for step, *_ in single] == [step for step in (1, 2, 3, 4) for _ in range(16)]
+    assert ddp == single  # each group samples the same tokens on any layout (see examples/train_ddp.py)
