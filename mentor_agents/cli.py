@@ -359,8 +359,49 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_export(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "export", help="write a saved student as a GGUF (llama.cpp, Ollama) with its tool template and a Modelfile",
+        description="Write STUDENT/gguf/<name>.<quant>.gguf and STUDENT/gguf/Modelfile. PATH is a saved student "
+                    "(with merged/), a run directory (its students/METHOD/) or a model directory.",
+    )
+    p.add_argument("path", metavar="RUN_OR_DIR")
+    p.add_argument("--gguf", required=True, choices=["f16", "q8_0", "q4_k_m"], help="GGUF tensor type")
+    p.add_argument("--method", help="which trained student of a run directory (default: the only one)")
+    p.add_argument("--system", help="the agent's system prompt, written into the Modelfile")
+    p.set_defaults(func=run_export)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from mentor_agents.gguf_export import export_saved
+
+    path = export_saved(args.path, args.gguf, method=args.method, system=args.system)
+    print(f"wrote {path} and {path.parent / 'Modelfile'}")
+    return 0
+
+
+def add_export_traces(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "export-traces", help="write a run's verified teacher traces as an OpenAI fine-tuning file or a dataset",
+        description="openai: JSONL with messages and tools per line (OpenAI's chat fine-tuning format). hf: a "
+                    "`datasets` dataset saved to disk as parquet (load_dataset('parquet', ...) or push_to_hub).",
+    )
+    p.add_argument("run_dir", metavar="RUN")
+    p.add_argument("--format", required=True, choices=["openai", "hf"])
+    p.add_argument("--out", required=True, help="output file (openai) or directory (hf)")
+    p.set_defaults(func=run_export_traces)
+
+
+def run_export_traces(args: argparse.Namespace) -> int:
+    from mentor_agents.trace_export import export_traces
+
+    n = export_traces(args.run_dir, args.out, args.format)
+    print(f"wrote {n} verified teacher traces to {args.out}")
+    return 0
+
+
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    add_demo, add_record, add_train, add_eval, add_report, add_serve, add_proxy,
+    add_demo, add_record, add_train, add_eval, add_report, add_serve, add_proxy, add_export, add_export_traces,
 ]
 
 

