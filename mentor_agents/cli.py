@@ -366,17 +366,28 @@ def add_export(subparsers: argparse._SubParsersAction) -> None:
                     "(with merged/), a run directory (its students/METHOD/) or a model directory.",
     )
     p.add_argument("path", metavar="RUN_OR_DIR")
-    p.add_argument("--gguf", required=True, choices=["f16", "q8_0", "q4_k_m"], help="GGUF tensor type")
+    p.add_argument("--gguf", choices=["f16", "q8_0", "q4_k_m"], help="write a GGUF of this tensor type")
+    p.add_argument("--vllm", action="store_true",
+                   help="check the adapter against vLLM's LoRA rules and print the `vllm serve` command")
     p.add_argument("--method", help="which trained student of a run directory (default: the only one)")
     p.add_argument("--system", help="the agent's system prompt, written into the Modelfile")
     p.set_defaults(func=run_export)
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from mentor_agents.gguf_export import export_saved
+    from mentor_agents.gguf_export import export_saved, find_student
+    from mentor_agents.vllm_check import check_vllm_adapter
 
-    path = export_saved(args.path, args.gguf, method=args.method, system=args.system)
-    print(f"wrote {path} and {path.parent / 'Modelfile'}")
+    if not args.gguf and not args.vllm:
+        raise SystemExit("mentor export: give --gguf f16|q8_0|q4_k_m, --vllm, or both")
+    if args.gguf:
+        path = export_saved(args.path, args.gguf, method=args.method, system=args.system)
+        print(f"wrote {path} and {path.parent / 'Modelfile'}")
+    if args.vllm:
+        check = check_vllm_adapter(find_student(args.path, args.method) / "adapter")
+        if not check.ok:
+            raise ValueError("vLLM would refuse this adapter: " + "; ".join(check.problems))
+        print(check.command)
     return 0
 
 

@@ -240,19 +240,25 @@ def llama_quantize(source: Path, target: Path, file_type: gguf.LlamaFileType) ->
         raise GGUFExportError(f"llama.cpp could not quantize {source} to {file_type.name}")
 
 
-def export_saved(path: str | Path, quant: str, method: str | None = None, system: str | None = None) -> Path:
-    """``mentor export``: GGUF and Modelfile into ``<student>/gguf/`` for a saved student (a directory with
-    ``merged/``), a run directory (its ``students/<method>/``, saved by ``mentor train``) or a model directory."""
+def find_student(path: str | Path, method: str | None = None) -> Path:
+    """The saved student behind ``path``: a directory with ``merged/`` (as `DistilledStudent.save` writes it), the
+    ``students/<method>/`` of a run directory (saved by ``mentor train``), or a plain model directory."""
     path = Path(path)
-    if (path / "merged" / "config.json").is_file():
-        return export_gguf(path / "merged", path / "gguf", quant, name=path.resolve().name, system=system)
+    if (path / "merged" / "config.json").is_file() or (path / "config.json").is_file():
+        return path
     if (path / "students").is_dir():
         saved = sorted(p.name for p in (path / "students").iterdir() if (p / "merged").is_dir())
-        wanted = (method or (saved[-1] if len(saved) == 1 else "")).replace("+", "_")
+        wanted = (method or (saved[0] if len(saved) == 1 else "")).replace("+", "_")
         if wanted not in saved:
-            raise GGUFExportError(f"{path}: pick the student to export with --method (saved: {', '.join(saved) or 'none; run `mentor train` first'})")
-        return export_saved(path / "students" / wanted, quant, system=system)
-    if (path / "config.json").is_file():
-        return export_gguf(path, path / "gguf", quant, name=path.resolve().name, system=system)
+            raise GGUFExportError(f"{path}: pick the student to export with --method (saved: "
+                                  f"{', '.join(saved) or 'none; run `mentor train` first'})")
+        return path / "students" / wanted
     raise GGUFExportError(f"{path}: not a saved student (merged/), a run directory (students/) or a model directory "
                           "(config.json)")
+
+
+def export_saved(path: str | Path, quant: str, method: str | None = None, system: str | None = None) -> Path:
+    """``mentor export --gguf``: GGUF and Modelfile into ``<student>/gguf/`` for the student `find_student` finds."""
+    student = find_student(path, method)
+    merged = student / "merged" if (student / "merged").is_dir() else student
+    return export_gguf(merged, student / "gguf", quant, name=student.resolve().name, system=system)
