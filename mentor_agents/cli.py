@@ -217,6 +217,7 @@ def add_train(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--num-generations", type=int, help="rollouts per task in a GRPO group")
     p.add_argument("--prompts-per-step", type=int, help="tasks per GRPO step")
     p.add_argument("--save-steps", type=int, help="checkpoint every N steps")
+    p.add_argument("--report-to", help="experiment tracker: trackio (local, offline), tensorboard or wandb")
     p.set_defaults(func=run_train)
 
 
@@ -237,7 +238,7 @@ def run_train(args: argparse.Namespace) -> int:
     overrides = {field: value for field, value in {
         "reward": args.reward, "steps": args.steps, "sft_steps": args.sft_steps, "lr": args.lr,
         "sft_lr": args.sft_lr, "num_generations": args.num_generations, "prompts_per_step": args.prompts_per_step,
-        "save_steps": args.save_steps, "seed": args.seed,
+        "save_steps": args.save_steps, "seed": args.seed, "report_to": args.report_to,
     }.items() if value is not None}
     adapter = adapter_for(load_agent(args.agent))
     result = train_method(run, args.method, replace(TrainConfig(), **overrides), args.student, traces, references,
