@@ -10,7 +10,8 @@ ollama run calc-student
 ``<tools>`` in the system turn, calls as ``<tool_call>{"name": ..., "arguments": ...}</tool_call>``, results in
 ``<tool_response>`` inside a user turn. Ollama serialises each tool compactly where Jinja's ``tojson`` puts spaces
 after separators; the model reads the same JSON either way. For any other chat template no TEMPLATE is written and
-Ollama falls back to the GGUF's own template.
+Ollama falls back to the GGUF's own template. ``tests/test_gguf.py`` renders TEMPLATE with Go's ``text/template``
+against the chat template; Ollama itself was not run.
 """
 
 from __future__ import annotations
@@ -30,26 +31,27 @@ CALL_INSTRUCTIONS = (
 )
 
 # ChatML markup; `go_template` swaps in another role markup. `$last` / the next message follow Ollama's own
-# templates (``slice $.Messages $i``), since Go templates have no arithmetic.
+# templates (``slice $.Messages $i``), since Go templates have no arithmetic. No ``{{-`` trimming: every newline in
+# the text is one the prompt needs.
 CHATML_GO_TEMPLATE = (
-    "{{- $system := or .System \"%(default)s\" }}"
-    "{{- if .Tools }}<|im_start|>system\n{{ $system }}" + TOOLS_INSTRUCTIONS +
-    "{{- range .Tools }}\n{{ . }}{{- end }}" + CALL_INSTRUCTIONS + "<|im_end|>\n"
+    "{{ $system := or .System \"%(default)s\" }}"
+    "{{ if .Tools }}<|im_start|>system\n{{ $system }}" + TOOLS_INSTRUCTIONS +
+    "{{ range .Tools }}\n{{ . }}{{ end }}" + CALL_INSTRUCTIONS + "<|im_end|>\n"
     "{{ else }}<|im_start|>system\n{{ $system }}<|im_end|>\n{{ end }}"
-    "{{- $prev := \"\" }}"
-    "{{- range $i, $m := .Messages }}"
-    "{{- $last := eq (len (slice $.Messages $i)) 1 }}"
-    "{{- if eq .Role \"user\" }}<|im_start|>user\n{{ .Content }}<|im_end|>\n"
-    "{{- else if and (eq .Role \"assistant\") (not .ToolCalls) }}<|im_start|>assistant\n{{ .Content }}<|im_end|>\n"
-    "{{- else if eq .Role \"assistant\" }}<|im_start|>assistant{{ if .Content }}\n{{ .Content }}{{ end }}"
-    "{{- range .ToolCalls }}\n<tool_call>\n{\"name\": \"{{ .Function.Name }}\", \"arguments\": "
-    "{{ .Function.Arguments }}}\n</tool_call>{{- end }}<|im_end|>\n"
-    "{{- else if eq .Role \"tool\" }}{{ if ne $prev \"tool\" }}<|im_start|>user{{ end }}\n<tool_response>\n"
+    "{{ $prev := \"\" }}"
+    "{{ range $i, $m := .Messages }}"
+    "{{ $last := eq (len (slice $.Messages $i)) 1 }}"
+    "{{ if eq .Role \"user\" }}<|im_start|>user\n{{ .Content }}<|im_end|>\n"
+    "{{ else if and (eq .Role \"assistant\") (not .ToolCalls) }}<|im_start|>assistant\n{{ .Content }}<|im_end|>\n"
+    "{{ else if eq .Role \"assistant\" }}<|im_start|>assistant{{ if .Content }}\n{{ .Content }}{{ end }}"
+    "{{ range .ToolCalls }}\n<tool_call>\n{\"name\": \"{{ .Function.Name }}\", \"arguments\": "
+    "{{ .Function.Arguments }}}\n</tool_call>{{ end }}<|im_end|>\n"
+    "{{ else if eq .Role \"tool\" }}{{ if ne $prev \"tool\" }}<|im_start|>user{{ end }}\n<tool_response>\n"
     "{{ .Content }}\n</tool_response>"
-    "{{- if or $last (ne (index (slice $.Messages $i) 1).Role \"tool\") }}<|im_end|>\n{{ end }}"
-    "{{- end }}"
-    "{{- $prev = .Role }}"
-    "{{- end }}<|im_start|>assistant\n"
+    "{{ if or $last (ne (index (slice $.Messages $i) 1).Role \"tool\") }}<|im_end|>\n{{ end }}"
+    "{{ end }}"
+    "{{ $prev = .Role }}"
+    "{{ end }}<|im_start|>assistant\n"
 )
 
 PHI3_MARKUP = {"<|im_start|>system": "<|system|>", "<|im_start|>user": "<|user|>",

@@ -6,6 +6,7 @@ see the README's "Run the student in llama.cpp, Ollama or vLLM") and are skipped
 """
 
 import json
+import os
 
 import gguf
 import numpy as np
@@ -16,8 +17,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mentor_agents.distill import DistilledStudent
 from mentor_agents.gguf_export import GGUFExportError, export_gguf, pre_tokenizer_signature
-from mentor_agents.ollama import CALL_INSTRUCTIONS, TOOLS_INSTRUCTIONS, modelfile
-from mentor_agents.student import FITTED_FULL_MODULES, make_fitted_student, make_tiny_student, parse_generation
+from mentor_agents.ollama import CALL_INSTRUCTIONS, TOOLS_INSTRUCTIONS, go_template, modelfile
+from mentor_agents.student import (
+    FITTED_FULL_MODULES,
+    PHI3_TOOLS_TEMPLATE,
+    make_fitted_student,
+    make_tiny_student,
+    parse_generation,
+)
 
 ADD = {"type": "function", "function": {
     "name": "add", "description": "Add two numbers.",
@@ -215,3 +222,45 @@ def test_mentor_export_finds_the_student_of_a_run_directory(trained, tmp_path, c
     assert (written / "sft_mentor.f16.gguf").is_file() and SYSTEM in (written / "Modelfile").read_text()
     assert main(["export", str(tmp_path / "nothing"), "--gguf", "f16"]) == 1
     assert "not a saved student" in capsys.readouterr().err
+
+
+def canonical_json_lines(text: str) -> str:
+    """``text`` with every line that is a JSON object re-serialised canonically: Ollama prints tools and call
+    arguments with Go's compact, key-sorted JSON where Jinja's ``tojson`` puts spaces after separators."""
+    lines = []
+    for line in text.split("\n"):
+        try:
+            lines.append(json.dumps(json.loads(line), sort_keys=True) if line.startswith("{") else line)
+        except json.JSONDecodeError:
+            lines.append(line)
+    return "\n".join(lines)
+
+
+@pytest.mark.parametrize("markup", ["chatml", "phi3"])
+@pytest.mark.parametrize("with_tools", [True, False])
+def test_modelfile_template_renders_what_the_chat_template_renders_in_go(trained, tmp_path, with_tools, markup):
+    """The TEMPLATE run by Go's text/template (Ollama's engine; Ollama itself is not run here) over Ollama-shaped
+    data gives the chat template's prompt, up to JSON whitespace and key order."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    if shutil.which("go") is None:
+        pytest.skip("needs the Go toolchain (apt-get install golang-go) to run Ollama's template language")
+    out, tokenizer = trained
+    text = (out["q8_0"] / "gguf" / "Modelfile").read_text()
+    template = text.split('TEMPLATE """', 1)[1].split('"""', 1)[0]
+    if markup == "phi3":
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer.name_or_path)
+        tokenizer.chat_template = PHI3_TOOLS_TEMPLATE
+        template = go_template(PHI3_TOOLS_TEMPLATE)
+    conversation = [*PROMPT, CALL, {"role": "tool", "name": "add", "content": "42"},
+                    {"role": "assistant", "content": "The answer is 42."}, {"role": "user", "content": "And 1 plus 1?"}]
+    expected = tokenizer.apply_chat_template(conversation, tools=[ADD] if with_tools else None, tokenize=False,
+                                             add_generation_prompt=True)
+    harness = Path(__file__).parent / "data" / "ollama_render.go"
+    request = {"template": template, "system": SYSTEM, "messages": [m for m in conversation if m["role"] != "system"],
+               "tools": [ADD] if with_tools else []}
+    rendered = subprocess.run(["go", "run", str(harness)], input=json.dumps(request), capture_output=True, text=True,
+                              check=True, env={**os.environ, "GOCACHE": str(tmp_path / "gocache")}).stdout
+    assert canonical_json_lines(rendered) == canonical_json_lines(expected)
