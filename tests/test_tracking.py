@@ -1,5 +1,7 @@
 """`TrainConfig(report_to="trackio")`: a tiny GRPO run logs to a local trackio project, reward components included,
-with no network."""
+with no network. Runs where trackio is installed (`pip install -e ".[tracking]"`); it is not in the dev extra because
+with trackio installed TRL's GRPO module imports it, and it brings starlette and uvicorn into every core import
+(tests/test_packaging.py forbids that)."""
 
 import json
 import os
