@@ -40,8 +40,9 @@ def test_a_rank_above_vllms_default_raises_max_lora_rank(base, tmp_path):
 
 
 def test_what_vllm_refuses_is_named(base, tmp_path, capsys):
-    out = save(base, tmp_path / "student", r=4, target_modules=["o_proj", "embed_tokens"],
-               modules_to_save=["lm_head"], use_dora=True)
+    with pytest.warns(UserWarning, match="will not load in vLLM with --enable-lora: modules_to_save"):
+        out = save(base, tmp_path / "student", r=4, target_modules=["o_proj", "embed_tokens"],
+                   modules_to_save=["lm_head"], use_dora=True)
     problems = " ".join(check_vllm_adapter(out / "adapter").problems)
     assert "modules_to_save ['lm_head']" in problems and "merged" in problems
     assert "DoRA" in problems and "target_modules ['embed_tokens']" in problems
