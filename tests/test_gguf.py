@@ -57,7 +57,8 @@ def trained(tmp_path_factory):
     torch.manual_seed(0)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(
         r=4, target_modules=["o_proj"], modules_to_save=FITTED_FULL_MODULES))
-    ids = tokenizer.apply_chat_template(PROMPT + [CALL], tools=[ADD], return_tensors="pt", return_dict=True)["input_ids"]
+    ids = tokenizer.apply_chat_template(PROMPT + [CALL], tools=[ADD], return_tensors="pt",
+                                        return_dict=True)["input_ids"]
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
     for _ in range(80):
         loss = model(input_ids=ids, labels=ids).loss

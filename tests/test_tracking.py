@@ -34,7 +34,7 @@ def test_mentor_run_writes_a_local_trackio_project_with_the_reward_components(tm
     keys = set().union(*logs)
     assert {"train/reward", "train/loss"} <= keys
     components = {k.removeprefix("train/") for k in keys if k.startswith("train/reward/")}
-    logged = set().union(*(json.loads(line) for line in
-                           (tmp_path / "run" / "train" / "mentor" / "mentor" / "metrics.jsonl").read_text().splitlines()))
+    metrics = tmp_path / "run" / "train" / "mentor" / "mentor" / "metrics.jsonl"
+    logged = set().union(*(json.loads(line) for line in metrics.read_text().splitlines()))
     assert "reward/gated" in components and components == {k for k in logged if k.startswith("reward/")}
     assert len([row for row in logs if "train/reward" in row]) == 2

@@ -19,7 +19,8 @@ def base(tmp_path_factory):
 
 def save(base, out, **lora):
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(**lora))
-    return export_student(model, AutoTokenizer.from_pretrained(base), out, ModelCard(base_model=str(base), method="sft"))
+    card = ModelCard(base_model=str(base), method="sft")
+    return export_student(model, AutoTokenizer.from_pretrained(base), out, card)
 
 
 def test_a_plain_lora_adapter_gets_the_exact_serve_command(base, tmp_path, capsys):
