@@ -1,7 +1,7 @@
 """Run the calculator agent on a distilled student exported to GGUF and served by llama.cpp's OpenAI-compatible server.
 
     python examples/gguf_agent.py --student tiny                                     # ~2 min on 2 CPU cores
-    flock /tmp/heavy.lock python examples/gguf_agent.py --student smollm2 --sft-steps 10   # SmolLM2-135M, ~15 min
+    flock /tmp/heavy.lock python examples/gguf_agent.py --student smollm2 --sft-steps 4 --train-tasks 40   # ~8 min
 
 Steps: record the scripted teacher on calculator train tasks; SFT the student on the verified traces (``tiny``: the
 from-scratch student of `distill`, every weight trained; ``smollm2``: SmolLM2-135M-Instruct from
