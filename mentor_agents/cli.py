@@ -217,6 +217,7 @@ def add_train(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--num-generations", type=int, help="rollouts per task in a GRPO group")
     p.add_argument("--prompts-per-step", type=int, help="tasks per GRPO step")
     p.add_argument("--save-steps", type=int, help="checkpoint every N steps")
+    p.add_argument("--report-to", help="experiment tracker: trackio (local, offline), tensorboard or wandb")
     p.set_defaults(func=run_train)
 
 
@@ -237,7 +238,7 @@ def run_train(args: argparse.Namespace) -> int:
     overrides = {field: value for field, value in {
         "reward": args.reward, "steps": args.steps, "sft_steps": args.sft_steps, "lr": args.lr,
         "sft_lr": args.sft_lr, "num_generations": args.num_generations, "prompts_per_step": args.prompts_per_step,
-        "save_steps": args.save_steps, "seed": args.seed,
+        "save_steps": args.save_steps, "seed": args.seed, "report_to": args.report_to,
     }.items() if value is not None}
     adapter = adapter_for(load_agent(args.agent))
     result = train_method(run, args.method, replace(TrainConfig(), **overrides), args.student, traces, references,
@@ -359,8 +360,60 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_export(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "export", help="write a saved student as a GGUF (llama.cpp, Ollama) with its tool template and a Modelfile",
+        description="Write STUDENT/gguf/<name>.<quant>.gguf and STUDENT/gguf/Modelfile. PATH is a saved student "
+                    "(with merged/), a run directory (its students/METHOD/) or a model directory.",
+    )
+    p.add_argument("path", metavar="RUN_OR_DIR")
+    p.add_argument("--gguf", choices=["f16", "q8_0", "q4_k_m"], help="write a GGUF of this tensor type")
+    p.add_argument("--vllm", action="store_true",
+                   help="check the adapter against vLLM's LoRA rules and print the `vllm serve` command")
+    p.add_argument("--method", help="which trained student of a run directory (default: the only one)")
+    p.add_argument("--system", help="the agent's system prompt, written into the Modelfile")
+    p.set_defaults(func=run_export)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from mentor_agents.gguf_export import export_saved, find_student
+    from mentor_agents.vllm_check import check_vllm_adapter
+
+    if not args.gguf and not args.vllm:
+        raise SystemExit("mentor export: give --gguf f16|q8_0|q4_k_m, --vllm, or both")
+    if args.gguf:
+        path = export_saved(args.path, args.gguf, method=args.method, system=args.system)
+        print(f"wrote {path} and {path.parent / 'Modelfile'}")
+    if args.vllm:
+        check = check_vllm_adapter(find_student(args.path, args.method) / "adapter")
+        if not check.ok:
+            raise ValueError("vLLM would refuse this adapter: " + "; ".join(check.problems))
+        print(check.command)
+    return 0
+
+
+def add_export_traces(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "export-traces", help="write a run's verified teacher traces as an OpenAI fine-tuning file or a dataset",
+        description="openai: JSONL with messages and tools per line (OpenAI's chat fine-tuning format). hf: a "
+                    "`datasets` dataset saved to disk as parquet (load_dataset('parquet', ...) or push_to_hub).",
+    )
+    p.add_argument("run_dir", metavar="RUN")
+    p.add_argument("--format", required=True, choices=["openai", "hf"])
+    p.add_argument("--out", required=True, help="output file (openai) or directory (hf)")
+    p.set_defaults(func=run_export_traces)
+
+
+def run_export_traces(args: argparse.Namespace) -> int:
+    from mentor_agents.trace_export import export_traces
+
+    n = export_traces(args.run_dir, args.out, args.format)
+    print(f"wrote {n} verified teacher traces to {args.out}")
+    return 0
+
+
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    add_demo, add_record, add_train, add_eval, add_report, add_serve, add_proxy,
+    add_demo, add_record, add_train, add_eval, add_report, add_serve, add_proxy, add_export, add_export_traces,
 ]
 
 

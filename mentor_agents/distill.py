@@ -121,8 +121,10 @@ class DistilledStudent:
         traces = self.adapter.record(list(tasks), store, model=self.as_chat_model())
         return evaluate_traces(traces)
 
-    def save(self, out_dir: str | os.PathLike[str]) -> Path:
-        """Write ``adapter/``, ``merged/`` and a model card to ``out_dir`` (see `mentor_agents.export`)."""
+    def save(self, out_dir: str | os.PathLike[str], gguf: str | None = None) -> Path:
+        """Write ``adapter/``, ``merged/`` and a model card to ``out_dir`` (see `mentor_agents.export`); with
+        ``gguf`` (``"f16"``, ``"q8_0"`` or ``"q4_k_m"``) also ``gguf/<name>.gguf`` and an Ollama ``Modelfile``
+        (see `mentor_agents.gguf_export`)."""
         from mentor_agents.export import ModelCard, export_student
 
         run_file = self.run_dir / "run.json"
@@ -132,7 +134,12 @@ class DistilledStudent:
             traces=run.get("traces"), reward=run.get("reward"), training_config=run.get("train_config", {}),
             evaluation=run.get("table"), tools=run.get("tools", []),
         )
-        return export_student(self.model, self.tokenizer, out_dir, card)
+        out = export_student(self.model, self.tokenizer, out_dir, card)
+        if gguf is not None:
+            from mentor_agents.gguf_export import export_gguf
+
+            export_gguf(out / "merged", out / "gguf", gguf, system=getattr(self.adapter, "system_prompt", None))
+        return out
 
     def serve(self, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None) -> None:
         """Serve the student as an OpenAI-compatible endpoint until interrupted (see ``mentor serve``)."""

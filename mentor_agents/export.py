@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from peft import PeftModel
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from mentor_agents.files import save_dir_atomically
+from mentor_agents.vllm_check import check_vllm_adapter
 
 
 @dataclass
@@ -124,6 +126,10 @@ def export_student(
         (staging / "mentor.json").write_text(json.dumps({"card": asdict(card)}, indent=2, default=str))
 
     save_dir_atomically(out, save)
+    vllm = check_vllm_adapter(out / "adapter")
+    if not vllm.ok:
+        warnings.warn(f"{out / 'adapter'} will not load in vLLM with --enable-lora: {'; '.join(vllm.problems)}",
+                      stacklevel=2)
     return out
 
 

@@ -117,6 +117,10 @@ class TrainConfig:
     resume: bool = False
     """Continue from the last complete checkpoint in the stage's output directory."""
     report_to: str | list[str] = "none"
+    """Experiment trackers, passed to TRL: ``"trackio"`` (local-first: a project under ``$TRACKIO_DIR``, default
+    ``~/.cache/huggingface/trackio``; view it with ``trackio show``), ``"tensorboard"``, ``"wandb"``, or a list."""
+    project: str = "mentor-agents"
+    """The trackio project the run logs to (wandb reads ``WANDB_PROJECT`` instead)."""
     logging_steps: int = 1
     use_cpu: bool | None = None
     """None picks CUDA when present, else CPU."""
@@ -256,8 +260,8 @@ def sft(model: str | os.PathLike[str] | PreTrainedModel, tokenizer: PreTrainedTo
         output_dir=str(out), learning_rate=config.sft_lr, num_train_epochs=config.sft_epochs,
         max_steps=config.sft_steps, per_device_train_batch_size=_per_device(config.sft_batch_size, "sft_batch_size"),
         lr_scheduler_type=config.sft_lr_scheduler,
-        warmup_steps=0, logging_steps=config.logging_steps, report_to=config.report_to, seed=config.seed,
-        data_seed=config.seed, use_cpu=cpu, bf16=_bf16(cpu), gradient_checkpointing=False,
+        warmup_steps=0, logging_steps=config.logging_steps, report_to=config.report_to, project=config.project,
+        seed=config.seed, data_seed=config.seed, use_cpu=cpu, bf16=_bf16(cpu), gradient_checkpointing=False,
         save_strategy="steps" if config.save_steps else "no", save_steps=config.save_steps or 500,
         save_total_limit=config.save_total_limit, max_length=None, dataloader_num_workers=0,
     )
@@ -402,8 +406,8 @@ def grpo(model: str | os.PathLike[str] | PreTrainedModel, tokenizer: PreTrainedT
         gradient_accumulation_steps=1, num_generations=config.num_generations,
         max_completion_length=config.max_completion_length, temperature=config.temperature, beta=config.beta,
         loss_type=config.loss_type, scale_rewards=config.scale_rewards, logging_steps=config.logging_steps,
-        report_to=config.report_to, seed=config.seed, data_seed=config.seed, use_cpu=cpu, bf16=_bf16(cpu),
-        gradient_checkpointing=False, save_strategy="steps" if config.save_steps else "no",
+        report_to=config.report_to, project=config.project, seed=config.seed, data_seed=config.seed, use_cpu=cpu,
+        bf16=_bf16(cpu), gradient_checkpointing=False, save_strategy="steps" if config.save_steps else "no",
         save_steps=config.save_steps or 500, save_total_limit=config.save_total_limit, dataloader_num_workers=0,
     )
     reward = config.reward_fn

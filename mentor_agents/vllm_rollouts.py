@@ -1,0 +1,54 @@
+"""A vLLM backend for the graph rollouts' batched generation: the same token-id prompts, sent to the vLLM server that
+TRL keeps in sync with the policy (``GRPOConfig(use_vllm=True, vllm_mode="server")``), through TRL's own client.
+
+```python
+backend = VLLMClientBackend(trainer.vllm_generation.vllm_client, max_new_tokens=64, temperature=1.0,
+                            stop_token_ids=stop_token_ids(tokenizer))
+[turn] = backend.generate([prompt_ids])      # Generated(prompt_ids, completion_ids, logprobs)
+```
+
+The token-exact contract of the rollouts holds: the prompt ids go to vLLM as ids (``/v1/completions`` with a token-id
+prompt, as TRL's ``VLLMClient.generate`` sends them), and the completion comes back as ids with the sampled tokens'
+logprobs, so nothing is re-tokenized. Hook it needs in ``integrations/langgraph/rollouts.py``: ``BatchedGenerator``
+takes an optional backend and, for a batch of ``(slot, prompt_ids)``, calls ``backend.generate`` instead of
+``model.generate`` and hands each rollout its ``prompt_ids + completion_ids`` (and the logprobs, which TRL's
+importance-sampling correction uses). Not covered: ``vllm_mode="colocate"`` (``trainer.vllm_generation.llm``, a
+``vllm.LLM``), and multi-process runs, where TRL's server mode expects every process to generate in lockstep.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+
+@dataclass
+class Generated:
+    """One completion: the prompt it continued, its token ids and each sampled token's logprob."""
+
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    logprobs: list[float] | None
+
+
+class VLLMClientBackend:
+    """Generates from token-id prompts with TRL's ``VLLMClient`` (a vLLM server started by ``trl vllm-serve`` or
+    ``vllm serve``). ``max_new_tokens`` is one model turn's budget; generation also stops at ``stop_token_ids``."""
+
+    def __init__(self, client: Any, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
+                 top_k: int = 0, stop_token_ids: Sequence[int] = (), seed: int | None = None):
+        self.client, self.max_new_tokens = client, max_new_tokens
+        self.sampling = {"temperature": temperature, "top_p": top_p, "top_k": top_k}
+        self.extra: dict[str, Any] = {"stop_token_ids": list(stop_token_ids), "skip_special_tokens": False}
+        if seed is not None:
+            self.extra["seed"] = seed
+
+    def generate(self, prompts: Sequence[Sequence[int]]) -> list[Generated]:
+        """One completion per prompt, in prompt order."""
+        if not prompts:
+            return []
+        out = self.client.generate(prompts=[list(p) for p in prompts], n=1, max_tokens=self.max_new_tokens,
+                                   logprobs=0, generation_kwargs=self.extra, **self.sampling)
+        logprobs = out["logprobs"] or [None] * len(prompts)
+        return [Generated(list(prompt), list(completion), None if lp is None else [top[0] for top in lp])
+                for prompt, completion, lp in zip(out["prompt_ids"], out["completion_ids"], logprobs, strict=True)]
