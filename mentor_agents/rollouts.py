@@ -27,6 +27,9 @@ class Rollout(BaseModel):
     final_answer: str | None = None
     finished: bool = True
     turns: int = 0
+    correct: bool | None = None
+    """The task verifier's verdict on this run, taken by the rollout runner with the run's final state; None when
+    it was not taken (the reward then checks the answer against the reference)."""
     prompt_ids: list[int] = []
     completion_ids: list[int] = []
     completion_mask: list[int] = []
