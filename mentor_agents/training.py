@@ -338,14 +338,14 @@ def _within_budget(rollout: Rollout, budget: int) -> Rollout:
     })
 
 
-def make_reward_func(reward: TeacherGuidedReward):
-    """The TRL reward function: scores each rollout against the reference of its dataset row, and logs the reward
-    breakdown and rollout rates as step metrics."""
-    parsed: dict[str, RewardReference] = {}
+def make_reward_func(reward: TeacherGuidedReward, references: Sequence[RewardReference]):
+    """The TRL reward function: scores each rollout against the reference of its dataset row (the in-memory one,
+    which keeps a callable verifier), and logs the reward breakdown and rollout rates as step metrics."""
+    by_task = {ref.task_id: ref for ref in references}
 
     def teacher_guided_reward(prompts, completions, rollout, reference, log_metric=None, rollout_seconds=None,
                               **_) -> list[float]:
-        refs = [parsed.setdefault(r, RewardReference.model_validate_json(r)) for r in reference]
+        refs = [by_task[json.loads(r)["task_id"]] for r in reference]
         values, components = score_rollouts(rollout, refs, reward)
         if log_metric is not None:
             for name, value in {**components, **rollout_metrics(rollout)}.items():
@@ -381,7 +381,8 @@ def grpo(model: str | os.PathLike[str] | PreTrainedModel, tokenizer: PreTrainedT
     )
     reward = config.reward_fn
     trainer = GRPOTrainer(
-        model=model, reward_funcs=make_reward_func(reward), args=args, train_dataset=grpo_dataset(references),
+        model=model, reward_funcs=make_reward_func(reward, references), args=args,
+        train_dataset=grpo_dataset(references),
         processing_class=tokenizer, peft_config=config.lora(),
         rollout_func=make_rollout_func(rollout_fn, references, config),
         callbacks=[MetricsFile(out / "metrics.jsonl"), *callbacks],
