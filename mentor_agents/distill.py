@@ -233,7 +233,7 @@ def prepare_tasks(run: RunState, adapter: AgentAdapter, tasks: Sequence[Task | s
             held_out, given = shuffled[:cut], shuffled[cut:]
         run.save_tasks({"train": given, "test": held_out, "ood": [as_task(t) for t in ood_tasks or []]})
     else:
-        run.check_tasks({"train": tasks if eval_tasks else None, "test": eval_tasks, "ood": ood_tasks})
+        run.check_tasks(tasks, eval_tasks, ood_tasks)
     return run.load_tasks(custom=[*(tasks or []), *(eval_tasks or []), *(ood_tasks or [])])
 
 
@@ -371,9 +371,10 @@ def eval_traces(run: RunState, adapter: AgentAdapter, model_name: str, split: st
 
 
 def bounded_run(max_turns: int, teacher: bool) -> dict[str, Any]:
-    """How an evaluation run is bounded: at the rollouts' model-turn cap, ended by a repeated identical tool call;
-    failed attempts are retried only for the teacher (an endpoint), a student's timeout is recorded as it is."""
-    return {"max_turns": max_turns, "stop_loops": True, "retries": 3 if teacher else 0}
+    """How an evaluation run is bounded. A student's: at the rollouts' model-turn cap, ended by a repeated identical
+    tool call, a timeout recorded and never retried. The teacher's runs are its reference behaviour, recorded as
+    in training (failed attempts of an endpoint are retried)."""
+    return {"retries": 3} if teacher else {"max_turns": max_turns, "stop_loops": True, "retries": 0}
 
 
 def custom_verifiers(tasks: Sequence[Task]) -> dict[str, Any]:
@@ -453,26 +454,33 @@ class RunState:
         })
         self.mark("tasks")
 
-    def check_tasks(self, passed: dict[str, Sequence[Task | str] | None]) -> None:
-        """Stop when tasks passed for a split differ from those stored in ``tasks.json``: resuming would silently
-        run another experiment."""
+    def check_tasks(self, tasks: Sequence[Task | str] | None, eval_tasks: Sequence[Task | str] | None,
+                    ood_tasks: Sequence[Task | str] | None) -> None:
+        """Stop when the tasks passed differ from those stored in ``tasks.json``: resuming would silently run
+        another experiment. Without ``eval_tasks`` the test split was drawn from ``tasks``, so ``tasks`` must equal
+        train and test together."""
         stored = json.loads((self.run / "tasks.json").read_text())
-        for split, tasks in passed.items():
-            if tasks is None:
+        checks = {"train": (tasks, stored["train"] + ([] if eval_tasks else stored["test"])),
+                  "test": (eval_tasks, stored["test"]), "ood": (ood_tasks, stored["ood"])}
+        for split, (passed, kept) in checks.items():
+            if passed is None:
                 continue
-            given = [task_to_dict(as_task(t)) for t in tasks]
-            if json.dumps(given, sort_keys=True, default=str) != json.dumps(stored.get(split, []), sort_keys=True,
-                                                                             default=str):
+            given = [task_to_dict(as_task(t)) for t in passed]
+            if canonical(given) != canonical(kept):
                 raise ValueError(
                     f"the {split} tasks passed ({len(given)}) differ from those stored in {self.run / 'tasks.json'} "
-                    f"({len(stored.get(split, []))}); to run them, use a new run_dir, or pass resume=False to "
-                    "start this one over")
+                    f"({len(kept)}); to run them, use a new run_dir, or pass resume=False to start this one over")
 
     def load_tasks(self, custom: Sequence[Task | str] = ()) -> dict[str, list[Task]]:
         """The stored splits; tasks whose verifier is a callable get it back from ``custom`` by id."""
         callables = {t.id: t.verifier for t in custom if isinstance(t, Task) and t.verifier is not None}
         data = json.loads((self.run / "tasks.json").read_text())
         return {split: [task_from_dict(record, callables) for record in records] for split, records in data.items()}
+
+
+def canonical(tasks: list[dict[str, Any]]) -> list[str]:
+    """Stored tasks in a form that compares equal when they are the same tasks, in any order."""
+    return sorted(json.dumps(task, sort_keys=True, default=str) for task in tasks)
 
 
 def as_task(task: Task | str) -> Task:

@@ -199,6 +199,12 @@ def test_resume_with_other_eval_tasks_stops_and_names_both_ways_out(tmp_path):
         prepare_tasks(RunState.open(tmp_path), None, train[:5], None, test, None, None, config)
     fresh = prepare_tasks(RunState.open(tmp_path, resume=False), None, train, None, other, None, None, config)
     assert fresh["test"] == other
+    # Without eval_tasks the held-out split is drawn from the tasks: the same tasks resume, others stop.
+    drawn = tmp_path / "drawn"
+    split = prepare_tasks(RunState.open(drawn), None, train, None, None, None, None, config)
+    assert prepare_tasks(RunState.open(drawn), None, train[::-1], None, None, None, None, config) == split
+    with pytest.raises(ValueError, match=r"train tasks passed \(5\) differ.*\(6\)"):
+        prepare_tasks(RunState.open(drawn), None, train[1:], None, None, None, None, config)
 
 
 def test_the_report_names_the_student_as_a_model(tmp_path):
