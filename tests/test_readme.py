@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
-import uvicorn
 
 from mentor_agents.integrations.langgraph.calculator import TOOLS, ScriptedCalculatorTeacher
-from mentor_agents.integrations.openai.server import create_app
+from mentor_agents.integrations.openai.server import create_app, running_server
 
 torch.set_num_threads(1)
 
@@ -36,25 +35,6 @@ def with_tiny_students(code: str) -> str:
     return code
 
 
-class Endpoint:
-    def __init__(self, app, host: str, port: int):
-        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
-
-    def __enter__(self):
-        import threading
-        import time
-
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        while not self.server.started:
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join()
-
-
 def test_readme_names_the_students_it_swaps_and_the_endpoint():
     text = "\n".join(blocks())
     assert len(blocks()) >= 5
@@ -70,7 +50,7 @@ def test_every_python_block_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("OPENAI_API_KEY", "local-server-needs-none")  # the README: read from the environment
     namespace = {"teacher_llm": ScriptedCalculatorTeacher(), "tools": TOOLS}
-    with Endpoint(create_app(ScriptedCalculatorTeacher(), model), host, port):
+    with running_server(create_app(ScriptedCalculatorTeacher(), model), host, port):
         for number, block in enumerate(blocks(), start=1):
             exec(compile(with_tiny_students(block), f"README.md python block {number}", "exec"), namespace)
     assert "| teacher | test |" in namespace["student"].report
