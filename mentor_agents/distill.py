@@ -499,6 +499,9 @@ def tasks_from_traces(traces: Sequence[Trace]) -> list[Task]:
     """One task per distinct task id of ``traces``, with the ground truth and built-in verifier they carry."""
     tasks: dict[str, Task] = {}
     for trace in traces:
+        if trace.verifier == "custom":
+            raise ValueError(f"task {trace.task_id!r} of the traces was judged by a custom (callable) verifier, "
+                             "which traces cannot store; pass the tasks, with their verifiers, as well")
         if trace.task_id not in tasks:
             tasks[trace.task_id] = Task(id=trace.task_id, input=trace.task_input, ground_truth=trace.ground_truth,
                                         verifier=trace.verifier)

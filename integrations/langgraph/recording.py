@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from mentor_agents.environment import Environment, EnvironmentFactory, map_agent
 from mentor_agents.integrations.langgraph.safety import with_tool_timeout
-from mentor_agents.tasks import ExactMatch, NumericMatch, Task, is_custom
+from mentor_agents.tasks import Task, is_custom
 from mentor_agents.traces import ModelStep, ToolCall, ToolStep, Trace, TraceStore, Usage
 
 PARSED_FROM_TEXT_KEY = "mentor_parsed_from_text"
@@ -158,9 +158,9 @@ class TraceRecorder(BaseCallbackHandler):
             latency_s=end - start,
             usage=Usage(input_tokens=usage.get("input_tokens", 0), output_tokens=usage.get("output_tokens", 0)),
         )
-        if self.stop_loops and self.steps[slot].tool_calls and _calls_of(self.steps[slot]) == self._previous_calls(slot):
-            raise RunStopped("loop", f"model turn {self.turns} repeated the previous turn's tool calls "
-                                     f"{_calls_of(self.steps[slot])}")
+        calls = _calls_of(self.steps[slot])
+        if self.stop_loops and calls and calls == self._previous_calls(slot):
+            raise RunStopped("loop", f"model turn {self.turns} repeated the previous turn's tool calls {calls}")
 
     def _previous_calls(self, slot: int) -> list[tuple[str, str]] | None:
         previous = [step for step in self.steps[:slot] if isinstance(step, ModelStep)]
@@ -208,13 +208,12 @@ class TraceRecorder(BaseCallbackHandler):
         if messages and isinstance(messages[-1], AIMessage) and not messages[-1].tool_calls:
             final_answer = messages[-1].text
         usage = sum((step.usage for step in steps if isinstance(step, ModelStep)), Usage())
-        builtin = isinstance(task.verifier, (ExactMatch, NumericMatch))
         return Trace(
             task_id=task.id,
             sample=sample,
             task_input=task.input,
             ground_truth=task.ground_truth,
-            verifier=task.verifier if builtin else "custom" if is_custom(task.verifier) else None,
+            verifier="custom" if is_custom(task.verifier) else task.verifier,
             system_prompt=self.system_prompt,
             tools=self.tools,
             steps=steps,
@@ -274,8 +273,9 @@ def _as_tasks(tasks: Sequence[Task | str]) -> list[Task]:
 
 @dataclass(frozen=True)
 class Bounds:
-    """How one run is bounded: its time limit, retries of failed attempts (for teacher endpoints; a run that
-    timed out, hit the turn cap or looped is never retried), the model-turn cap and the loop stop."""
+    """How one run is bounded: its time limit, retries of failed attempts (for teacher endpoints: 0 for a student,
+    whose timeouts are then recorded as they are; a run that hit the turn cap or looped is never retried), the
+    model-turn cap and the loop stop."""
 
     timeout_s: float = 300
     retries: int = 3
@@ -311,7 +311,8 @@ async def _run_one(environment: EnvironmentFactory, task: Task, sample: int, bou
             trace = recorder.to_trace(task, state, sample=sample, started_at=started_at,
                                       duration_s=time.perf_counter() - start, environment_state=env.state)
         finally:
-            await asyncio.to_thread(env.__exit__)
+            if env.close is not None:
+                await asyncio.to_thread(env.close)
         trace.metadata["attempts"] = attempt + 1
         return trace
 
