@@ -11,7 +11,7 @@ answers, `NumericMatch`) and write tasks ("Place an order of ..."), judged by `i
 the run's own database (``state``). Every recorded task, GRPO rollout and evaluation run gets its own copy of the
 database (`inventory.environment`); student evaluation runs are capped at ``max_turns`` and stopped on loops.
 Writes ``examples/results/inventory_distill[-<student>].json`` (every number, CPU and wall time) and ``.md`` (the
-report `distill` wrote).
+report `distill` wrote; its plots stay in the run directory).
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def main() -> None:
     (RESULTS / f"{name}.md").write_text(
         f"# `examples/inventory_distill.py --student {args.student}`\n\n"
         f"CPU {numbers['cpu_s']} s, wall {numbers['wall_s']} s, peak RSS {numbers['peak_rss_gb']} GB.\n\n"
-        + result.report)
+        + "\n".join(line for line in result.report.splitlines() if not line.startswith("![")) + "\n")
     print(result.report)
     print(f"CPU {numbers['cpu_s']} s, wall {numbers['wall_s']} s, peak RSS {numbers['peak_rss_gb']} GB; "
           f"written to {RESULTS / name}.json/.md")

@@ -117,8 +117,8 @@ def comparison_table(results: Mapping[tuple[str, str], Metrics]) -> str:
         return "–" if x is None else f"{x:.0%}"
 
     lines = [
-        "| model | split | tasks | success (95% CI) | tool-set match | argument acc. | invalid calls | calls/task | turns "
-        "| latency s | stopped: turn cap / loop / timeout |",
+        "| model | split | tasks | success (95% CI) | tool-set match | argument acc. | invalid calls | calls/task "
+        "| turns | latency s | stopped: turn cap / loop / timeout |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (model, split), m in results.items():
