@@ -1,5 +1,15 @@
-"""mentor_agents: distill a tool-calling agent into a small student model with the MENTOR teacher-guided reward."""
+"""mentor_agents: distill a tool-calling agent into a small student model with the MENTOR teacher-guided reward.
 
+``from mentor_agents import distill, DistillConfig, TrainConfig`` is the one-call pipeline and its settings.
+`distill` is imported here (its module loads torch only when it runs); `TrainConfig` lives in
+`mentor_agents.training`, which imports torch, transformers and trl, so it is loaded on first access: importing
+the package (e.g. for `TraceStore` in a proxy) stays light.
+"""
+
+from typing import Any
+
+from mentor_agents.distill import DistillConfig, distill
+from mentor_agents.environment import Environment, EnvironmentFactory
 from mentor_agents.references import RewardReference, build_references, summarize
 from mentor_agents.rewards import RewardResult, TeacherGuidedReward
 from mentor_agents.rollouts import Rollout
@@ -7,6 +17,9 @@ from mentor_agents.tasks import ExactMatch, NumericMatch, Task
 from mentor_agents.traces import ModelStep, ToolCall, ToolStep, Trace, TraceFileError, TraceStore
 
 __all__ = [
+    "DistillConfig",
+    "Environment",
+    "EnvironmentFactory",
     "ExactMatch",
     "ModelStep",
     "NumericMatch",
@@ -20,6 +33,16 @@ __all__ = [
     "Trace",
     "TraceFileError",
     "TraceStore",
+    "TrainConfig",
     "build_references",
+    "distill",
     "summarize",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "TrainConfig":
+        from mentor_agents.training import TrainConfig
+
+        return TrainConfig
+    raise AttributeError(f"module 'mentor_agents' has no attribute {name!r}")

@@ -22,8 +22,9 @@ import random
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
+from mentor_agents.environment import EnvironmentFactory
 from mentor_agents.evaluation import Metrics, comparison_table, evaluate_traces, plot_reward_curve, plot_success
 from mentor_agents.files import write_text_atomic
 from mentor_agents.references import (
@@ -34,11 +35,12 @@ from mentor_agents.references import (
     summarize,
 )
 from mentor_agents.rollouts import ScoredRollout
-from mentor_agents.tasks import Task, task_from_dict, task_to_dict
+from mentor_agents.tasks import Task, is_custom, task_from_dict, task_to_dict
 from mentor_agents.traces import Trace, TraceStore
-from mentor_agents.student import TinyStudentConfig
-from mentor_agents.training import RolloutFn, TrainConfig, TrainResult, load_trained, train
 
+if TYPE_CHECKING:  # torch and transformers load on first use, so that `import mentor_agents` stays light
+    from mentor_agents.student import TinyStudentConfig
+    from mentor_agents.training import RolloutFn, TrainConfig, TrainResult
 
 
 class AgentAdapter(Protocol):
@@ -50,7 +52,8 @@ class AgentAdapter(Protocol):
     def teacher_model(self, teacher: Any) -> Any: ...
 
     def record(self, tasks: Sequence[Task], store: TraceStore, *, model: Any = None, samples: int = 1,
-               concurrency: int = 4, timeout_s: float = 300) -> list[Trace]: ...
+               concurrency: int = 4, timeout_s: float = 300, retries: int = 3, max_turns: int | None = None,
+               stop_loops: bool = False) -> list[Trace]: ...
 
     def synthesize_tasks(self, n: int, *, model: Any = None, seed: int = 0) -> list[Task]: ...
 
@@ -61,12 +64,12 @@ class AgentAdapter(Protocol):
     def swap(self, chat_model: Any, graph: Any = None) -> Any: ...
 
 
-def adapter_for(agent: Any) -> AgentAdapter:
-    """The integration that knows how to run ``agent``."""
+def adapter_for(agent: Any, environment: EnvironmentFactory | None = None) -> AgentAdapter:
+    """The integration that knows how to run ``agent`` (each run in a fresh ``environment`` when given)."""
     from mentor_agents.integrations.langgraph.adapter import LangGraphAdapter, is_langgraph_agent
 
     if is_langgraph_agent(agent):
-        return LangGraphAdapter(agent)
+        return LangGraphAdapter(agent, environment)
     raise TypeError(
         f"distill does not know how to run a {type(agent).__module__}.{type(agent).__name__}; "
         "pass a compiled LangGraph graph (langchain.agents.create_agent, or StateGraph(...).compile())"
@@ -77,7 +80,7 @@ def adapter_for(agent: Any) -> AgentAdapter:
 class DistillConfig:
     """Settings of the whole pipeline. ``train`` holds the training settings (its method is set by `distill`)."""
 
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: TrainConfig = field(default_factory=lambda: _training().TrainConfig())
     synthetic_tasks: int = 64
     """How many tasks the teacher writes when none are given."""
     eval_fraction: float = 0.2
@@ -89,7 +92,7 @@ class DistillConfig:
     concurrency: int = 4
     timeout_s: float = 300.0
     seed: int = 0
-    tiny: TinyStudentConfig = field(default_factory=TinyStudentConfig)
+    tiny: TinyStudentConfig = field(default_factory=lambda: _student().TinyStudentConfig())
     """Size of the ``student="tiny"`` model, built from scratch with a tokenizer fitted to the teacher traces."""
 
 
@@ -106,6 +109,8 @@ class DistilledStudent:
     report: str = ""
     """The markdown report: the comparison table and what was used."""
     metrics: dict[str, Any] = field(default_factory=dict)
+    max_turns: int = 5
+    """Model-turn cap of an evaluation run (the training rollouts' ``max_turns``)."""
 
     def as_chat_model(self, **generation: Any) -> Any:
         """The student as a chat model of the agent's framework (a LangChain chat model for LangGraph)."""
@@ -115,10 +120,11 @@ class DistilledStudent:
         """A copy of ``graph`` (default: the distilled agent) that runs on the student; ``graph`` is unchanged."""
         return self.adapter.swap(self.as_chat_model(), graph)
 
-    def evaluate(self, tasks: Sequence[Task], name: str = "custom") -> Metrics:
-        """Run the student in the agent on ``tasks`` and return its metrics."""
+    def evaluate(self, tasks: Sequence[Task], name: str = "custom", timeout_s: float = 300) -> Metrics:
+        """Run the student in the agent on ``tasks`` (bounded as in `distill`'s evaluation) and return its metrics."""
         store = TraceStore(self.run_dir / "eval" / f"student-{name}.jsonl")
-        traces = self.adapter.record(list(tasks), store, model=self.as_chat_model())
+        traces = self.adapter.record(list(tasks), store, model=self.as_chat_model(), timeout_s=timeout_s,
+                                     **bounded_run(self.max_turns, teacher=False))
         return evaluate_traces(traces)
 
     def save(self, out_dir: str | os.PathLike[str], gguf: str | None = None) -> Path:
@@ -161,6 +167,7 @@ def distill(
     config: DistillConfig | None = None,
     run_dir: str | os.PathLike[str] | None = None,
     resume: bool = True,
+    environment: EnvironmentFactory | None = None,
 ) -> DistilledStudent:
     """Distill ``agent`` into ``student``.
 
@@ -176,16 +183,20 @@ def distill(
         eval_tasks: held-out in-domain tasks; by default ``config.eval_fraction`` of the tasks, split off first.
         ood_tasks: out-of-domain tasks, evaluated only.
         run_dir: where every stage's files go (default ``runs/distill``).
-        resume: reuse the files of finished stages in ``run_dir``.
+        resume: reuse the files of finished stages in ``run_dir``; the tasks passed must be those stored there.
+        environment: builds a fresh `Environment` (graph on its own resources, state for the verifier) for each
+            run: every recorded task, GRPO rollout and evaluation run (see `mentor_agents.environment`).
     """
     config = config or DistillConfig()
     run = RunState.open(run_dir or "runs/distill", resume)
-    adapter = adapter_for(agent)
+    adapter = adapter_for(agent, environment)
     teacher_model = adapter.teacher_model(teacher)
 
     splits = prepare_tasks(run, adapter, tasks, traces, eval_tasks, ood_tasks, teacher_model, config)
     teacher_traces, references = record_teacher(run, adapter, splits, teacher_model, config, traces)
+    student_label = _student().student_name(student)
     if student == "tiny":
+        student_label = "tiny (random, tokenizer fitted to the teacher traces)"
         student = str(fitted_student(run.run / "student", teacher_traces, config))
 
     results: dict[str, TrainResult] = {}
@@ -201,11 +212,12 @@ def distill(
     table_results = evaluate_models(run, adapter, splits, models, config)
 
     final = results[method]
-    report = write_report(run, student, method, teacher_traces, references, splits, table_results,
+    report = write_report(run, student_label, method, teacher_traces, references, splits, table_results,
                           {name: r.metrics for name, r in results.items()}, config)
     return DistilledStudent(model=final.model, tokenizer=final.tokenizer, base_model=final.base_model,
                             method=method, run_dir=run.run, adapter=adapter, report=report,
-                            metrics=json.loads((run.run / "metrics.json").read_text()))
+                            metrics=json.loads((run.run / "metrics.json").read_text()),
+                            max_turns=config.train.max_turns)
 
 
 # ------------------------------------------------------------------------------------------------------ stages
@@ -229,6 +241,8 @@ def prepare_tasks(run: RunState, adapter: AgentAdapter, tasks: Sequence[Task | s
             cut = max(1, int(len(shuffled) * config.eval_fraction)) if len(shuffled) > 1 else 0
             held_out, given = shuffled[:cut], shuffled[cut:]
         run.save_tasks({"train": given, "test": held_out, "ood": [as_task(t) for t in ood_tasks or []]})
+    else:
+        run.check_tasks(tasks, eval_tasks, ood_tasks)
     return run.load_tasks(custom=[*(tasks or []), *(eval_tasks or []), *(ood_tasks or [])])
 
 
@@ -248,7 +262,7 @@ def record_teacher(run: RunState, adapter: AgentAdapter, splits: dict[str, list[
                    concurrency=config.concurrency, timeout_s=config.timeout_s)
     teacher_traces = self_consistency(store.read(skip_invalid=True))
     run.mark("traces")
-    references = build_references(teacher_traces)
+    references = build_references(teacher_traces, verifiers=custom_verifiers(splits["train"]))
     save_references(references, run.run / "references.jsonl")
     if not references:
         summary = summarize(teacher_traces)
@@ -262,6 +276,8 @@ def train_method(run: RunState, name: str, train_config: TrainConfig, student: s
                  sft_result: TrainResult | None = None) -> TrainResult:
     """Train ``name`` into ``train/<name>/`` (resuming from its last checkpoint), or load it when a previous call
     finished it. ``sft+mentor`` starts from ``sft_result`` (the ``sft`` baseline of the same run) when given."""
+    from mentor_agents.training import TrainResult, load_trained, train
+
     config = replace(train_config, method=name, output_dir=str(run.run / "train" / name.replace("+", "_")),
                      resume=resume)
     key = f"train:{name}"
@@ -314,7 +330,8 @@ def evaluate_models(run: RunState, adapter: AgentAdapter, splits: dict[str, list
         for name, model in sorted(models.items(), key=lambda kv: kv[0] != "teacher"):
             traces = eval_traces(run, adapter, name, split, splits, model, config)
             if name == "teacher":
-                references = {r.task_id: r for r in build_references(traces)}
+                verifiers = custom_verifiers(splits[split])
+                references = {r.task_id: r for r in build_references(traces, verifiers=verifiers)}
             results[(name, split)] = evaluate_traces(traces, references)
     return results
 
@@ -358,9 +375,22 @@ def write_report(run: RunState, student: str, method: str, teacher_traces: list[
 def eval_traces(run: RunState, adapter: AgentAdapter, model_name: str, split: str,
                 splits: dict[str, list[Task]], model: Any, config: DistillConfig) -> list[Trace]:
     store = TraceStore(run.run / "eval" / f"{model_name.replace(' ', '_').replace('+', '_')}-{split}.jsonl")
-    adapter.record(splits[split], store, model=model, concurrency=config.concurrency, timeout_s=config.timeout_s)
+    adapter.record(splits[split], store, model=model, concurrency=config.concurrency, timeout_s=config.timeout_s,
+                   **bounded_run(config.train.max_turns, teacher=model_name == "teacher"))
     wanted = {t.id for t in splits[split]}
     return [t for t in store.read(skip_invalid=True) if t.task_id in wanted]
+
+
+def bounded_run(max_turns: int, teacher: bool) -> dict[str, Any]:
+    """How an evaluation run is bounded. A student's: at the rollouts' model-turn cap, ended by a repeated identical
+    tool call, a timeout recorded and never retried. The teacher's runs are its reference behaviour, recorded as
+    in training (failed attempts of an endpoint are retried)."""
+    return {"retries": 3} if teacher else {"max_turns": max_turns, "stop_loops": True, "retries": 0}
+
+
+def custom_verifiers(tasks: Sequence[Task]) -> dict[str, Any]:
+    """The callable verifiers of ``tasks``, by task id."""
+    return {task.id: task.verifier for task in tasks if is_custom(task.verifier)}
 
 
 def learned_verdict(results: dict[tuple[str, str], Metrics], method: str) -> str:
@@ -446,11 +476,33 @@ class RunState:
         })
         self.mark("tasks")
 
+    def check_tasks(self, tasks: Sequence[Task | str] | None, eval_tasks: Sequence[Task | str] | None,
+                    ood_tasks: Sequence[Task | str] | None) -> None:
+        """Stop when the tasks passed differ from those stored in ``tasks.json``: resuming would silently run
+        another experiment. Without ``eval_tasks`` the test split was drawn from ``tasks``, so ``tasks`` must equal
+        train and test together."""
+        stored = json.loads((self.run / "tasks.json").read_text())
+        checks = {"train": (tasks, stored["train"] + ([] if eval_tasks else stored["test"])),
+                  "test": (eval_tasks, stored["test"]), "ood": (ood_tasks, stored["ood"])}
+        for split, (passed, kept) in checks.items():
+            if passed is None:
+                continue
+            given = [task_to_dict(as_task(t)) for t in passed]
+            if canonical(given) != canonical(kept):
+                raise ValueError(
+                    f"the {split} tasks passed ({len(given)}) differ from those stored in {self.run / 'tasks.json'} "
+                    f"({len(kept)}); to run them, use a new run_dir, or pass resume=False to start this one over")
+
     def load_tasks(self, custom: Sequence[Task | str] = ()) -> dict[str, list[Task]]:
         """The stored splits; tasks whose verifier is a callable get it back from ``custom`` by id."""
         callables = {t.id: t.verifier for t in custom if isinstance(t, Task) and t.verifier is not None}
         data = json.loads((self.run / "tasks.json").read_text())
         return {split: [task_from_dict(record, callables) for record in records] for split, records in data.items()}
+
+
+def canonical(tasks: list[dict[str, Any]]) -> list[str]:
+    """Stored tasks in a form that compares equal when they are the same tasks, in any order."""
+    return sorted(json.dumps(task, sort_keys=True, default=str) for task in tasks)
 
 
 def as_task(task: Task | str) -> Task:
@@ -469,10 +521,25 @@ def tasks_from_traces(traces: Sequence[Trace]) -> list[Task]:
     """One task per distinct task id of ``traces``, with the ground truth and built-in verifier they carry."""
     tasks: dict[str, Task] = {}
     for trace in traces:
+        if trace.verifier == "custom":
+            raise ValueError(f"task {trace.task_id!r} of the traces was judged by a custom (callable) verifier, "
+                             "which traces cannot store; pass the tasks, with their verifiers, as well")
         if trace.task_id not in tasks:
             tasks[trace.task_id] = Task(id=trace.task_id, input=trace.task_input, ground_truth=trace.ground_truth,
                                         verifier=trace.verifier)
     return list(tasks.values())
+
+
+def _training():
+    import mentor_agents.training
+
+    return mentor_agents.training
+
+
+def _student():
+    import mentor_agents.student
+
+    return mentor_agents.student
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

@@ -34,6 +34,13 @@ class Metrics:
     latency_s: float
     tokens_per_task: float
     failed_runs: int
+    """Runs that ended with an error, the three kinds of stop below included."""
+    turn_limit_stops: int = 0
+    """Runs cut off by the model-turn cap."""
+    loop_stops: int = 0
+    """Runs ended because the model repeated its previous turn's tool calls exactly."""
+    timeouts: int = 0
+    """Runs out of time (recorded, not retried, for a student)."""
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -98,6 +105,9 @@ def evaluate_traces(traces: Iterable[Trace], references: Mapping[str, RewardRefe
         latency_s=mean([t.duration_s for t in traces]),
         tokens_per_task=mean([t.usage.input_tokens + t.usage.output_tokens for t in traces]),
         failed_runs=sum(t.error is not None for t in traces),
+        turn_limit_stops=sum(t.stopped == "turn_limit" for t in traces),
+        loop_stops=sum(t.stopped == "loop" for t in traces),
+        timeouts=sum(t.stopped == "timeout" for t in traces),
     )
 
 
@@ -107,15 +117,16 @@ def comparison_table(results: Mapping[tuple[str, str], Metrics]) -> str:
         return "–" if x is None else f"{x:.0%}"
 
     lines = [
-        "| model | split | tasks | success (95% CI) | tool-set match | argument acc. | invalid calls | calls/task | turns | latency s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model | split | tasks | success (95% CI) | tool-set match | argument acc. | invalid calls | calls/task "
+        "| turns | latency s | stopped: turn cap / loop / timeout |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (model, split), m in results.items():
         lo, hi = m.success_ci
         lines.append(
             f"| {model} | {split} | {m.tasks} | {m.success:.0%} ({lo:.0%}–{hi:.0%}) | {pct(m.tool_set_match)} | "
             f"{pct(m.argument_accuracy)} | {pct(m.invalid_call_rate)} | {m.calls_per_task:.2f} | "
-            f"{m.turns_per_task:.2f} | {m.latency_s:.2f} |"
+            f"{m.turns_per_task:.2f} | {m.latency_s:.2f} | {m.turn_limit_stops} / {m.loop_stops} / {m.timeouts} |"
         )
     return "\n".join(lines)
 

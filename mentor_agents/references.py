@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Annotated, Any, Callable, Iterable, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_serializer, field_validator
 
-from mentor_agents.tasks import ExactMatch, NumericMatch, Verdict, last_number
+from mentor_agents.tasks import ExactMatch, NumericMatch, Verdict, Verifier, check, is_custom, last_number
 from mentor_agents.traces import SCHEMA_VERSION, Trace, read_jsonl, write_jsonl_atomic
 
 
@@ -33,17 +33,53 @@ class RewardReference(BaseModel):
     teacher_calls: list[CallReference]
     teacher_answer: str | None
     ground_truth: Any = None
-    verifier: ExactMatch | NumericMatch | None = Field(default=None, discriminator="kind")
+    verifier: Annotated[ExactMatch | NumericMatch, Field(discriminator="kind")] | Callable[..., bool] | None = None
+    """The task's verifier: built-in, or the task's own callable for this run (stored as ``"custom"``; loading it
+    needs the callable back, see `load_references`)."""
     verdict: Verdict = "unknown"
+
+    @field_validator("verifier", mode="before")
+    @classmethod
+    def _attach_custom(cls, value: Any, info: ValidationInfo) -> Any:
+        if value != "custom":
+            return value
+        task_id = info.data.get("task_id")
+        verifiers = (info.context or {}).get("verifiers") or {}
+        if task_id not in verifiers:
+            raise ValueError(
+                f"the reference of task {task_id!r} was judged by a custom (callable) verifier, which cannot be "
+                "stored; pass it back (load_references(path, verifiers={task_id: fn}), or the task itself to "
+                "distill), or start over with a new run_dir or resume=False")
+        return verifiers[task_id]
+
+    @field_serializer("verifier")
+    def _store_verifier(self, verifier: Any) -> Any:
+        return "custom" if is_custom(verifier) else verifier.model_dump() if verifier is not None else None
 
     @property
     def tool_names(self) -> set[str]:
         """Names of every tool offered to the agent."""
         return {schema["function"]["name"] for schema in self.tools if "function" in schema}
 
+    def is_correct(self, answer: str | None, state: Any = None) -> bool:
+        """Whether ``answer`` is right: the task's verifier against the ground truth (the teacher's verified answer
+        when there is none), given the run's final ``state`` when the verifier takes one. Without a verifier,
+        the answer must agree with that target (`answer_key`)."""
+        target = self.ground_truth if self.ground_truth is not None else self.teacher_answer
+        if target is None or answer is None or not answer.strip():
+            return False
+        if self.verifier is None:
+            return answer_key(answer) == answer_key(str(target))
+        return check(self.verifier, answer, target, state)
+
     @classmethod
-    def from_trace(cls, trace: Trace) -> RewardReference:
+    def from_trace(cls, trace: Trace, verifier: Verifier | None = None) -> RewardReference:
+        """The reference of ``trace``; ``verifier`` is its task's callable verifier, needed when the trace says
+        ``"custom"``."""
         calls = [CallReference(name=call.name, args=call.args) for call in trace.tool_calls]
+        if trace.verifier == "custom" and verifier is None:
+            raise ValueError(f"task {trace.task_id!r} has a custom (callable) verifier, which traces cannot store; "
+                             "pass it: build_references(traces, verifiers={task_id: fn})")
         return cls(
             task_id=trace.task_id,
             task_input=trace.task_input,
@@ -53,21 +89,23 @@ class RewardReference(BaseModel):
             teacher_calls=calls,
             teacher_answer=trace.final_answer,
             ground_truth=trace.ground_truth,
-            verifier=trace.verifier,
+            verifier=verifier if trace.verifier == "custom" else trace.verifier,
             verdict=trace.verdict,
         )
 
 
-def build_references(traces: Iterable[Trace], keep: Iterable[Verdict] = ("correct",)) -> list[RewardReference]:
+def build_references(traces: Iterable[Trace], keep: Iterable[Verdict] = ("correct",),
+                     verifiers: Mapping[str, Verifier] | None = None) -> list[RewardReference]:
     """One reference per task, from the first trace whose verdict is in ``keep`` and that did not fail.
 
-    Pass ``keep=("correct", "unknown")`` for tasks that have no verifier.
+    Pass ``keep=("correct", "unknown")`` for tasks that have no verifier. ``verifiers`` gives the callable
+    verifiers of tasks whose traces say ``"custom"``, by task id; the references keep them for the run.
     """
     kept = set(keep)
     references: dict[str, RewardReference] = {}
     for trace in traces:
         if trace.error is None and trace.verdict in kept and trace.task_id not in references:
-            references[trace.task_id] = RewardReference.from_trace(trace)
+            references[trace.task_id] = RewardReference.from_trace(trace, (verifiers or {}).get(trace.task_id))
     return list(references.values())
 
 
@@ -117,9 +155,12 @@ def save_references(references: list[RewardReference], path: str | Path) -> None
     write_jsonl_atomic(Path(path), references)
 
 
-def load_references(path: str | Path, skip_invalid: bool = False) -> list[RewardReference]:
-    """References from a JSONL file; an invalid line raises `TraceFileError` naming the file, line and field."""
-    references, _ = read_jsonl(Path(path), RewardReference, skip_invalid)
+def load_references(path: str | Path, skip_invalid: bool = False,
+                    verifiers: Mapping[str, Verifier] | None = None) -> list[RewardReference]:
+    """References from a JSONL file; an invalid line raises `TraceFileError` naming the file, line and field.
+    ``verifiers`` gives back, by task id, the callable verifiers stored as ``"custom"``; a reference whose callable
+    is not given back is an error, never a silent exact match."""
+    references, _ = read_jsonl(Path(path), RewardReference, skip_invalid, context={"verifiers": verifiers or {}})
     return references
 
 

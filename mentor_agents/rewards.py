@@ -31,7 +31,6 @@ from typing import Any, Callable, Literal
 
 from mentor_agents.references import RewardReference
 from mentor_agents.rollouts import Rollout
-from mentor_agents.tasks import ExactMatch
 from mentor_agents.traces import ToolCall
 
 RewardName = Literal["mentor", "sparse", "overlap", "no_match", "f1"]
@@ -55,16 +54,15 @@ class RewardResult:
 def is_correct(
     rollout: Rollout, reference: RewardReference, verify: Callable[[str, Any], bool] | None = None
 ) -> bool:
-    """Check the answer with ``verify``, else the reference's verifier, against the ground truth.
-
-    Without a ground truth the teacher's (verified) answer is the target.
-    """
-    answer = rollout.final_answer or ""
+    """The verdict the runner took with the run's state (``rollout.correct``) when there is one; else ``verify``,
+    else the reference's verifier (`RewardReference.is_correct`), against the ground truth or, without one, the
+    teacher's verified answer."""
+    if rollout.correct is not None:
+        return rollout.correct
+    if verify is None:
+        return reference.is_correct(rollout.final_answer)
     target = reference.ground_truth if reference.ground_truth is not None else reference.teacher_answer
-    if target is None:
-        return False
-    check = verify or reference.verifier or ExactMatch()
-    return bool(check(answer, target))
+    return target is not None and bool(verify(rollout.final_answer or "", target))
 
 
 def set_f1(student: set[str], teacher: set[str]) -> float:

@@ -47,6 +47,9 @@ class Rollout(BaseModel):
     finished: bool = True
     cut_by: Literal["token_budget", "turn_limit"] | None = None
     turns: int = 0
+    correct: bool | None = None
+    """The task verifier's verdict on this run, taken by the rollout runner with the run's final state; None when
+    it was not taken (the reward then checks the answer against the reference)."""
     prompt_ids: list[int] = []
     completion_ids: list[int] = []
     completion_mask: list[int] = []

@@ -317,6 +317,23 @@ def resolve_student(name: str) -> str:
     return ALIASES.get(name.lower(), name)
 
 
+def student_name(student: str | os.PathLike[str]) -> str:
+    """How a report names ``student``: the alias and hub id, the model behind a GGUF file (packaged ones by alias)
+    or a converted GGUF directory, a directory's name; never a cache path."""
+    text = str(student)
+    if text.lower() in ALIASES:
+        return f"{text} ({ALIASES[text.lower()]})"
+    path = Path(text).expanduser()
+    if (path / "mentor_source.json").is_file():
+        path = Path(json.loads((path / "mentor_source.json").read_text())["file"])
+    if path.suffix.lower() == ".gguf":
+        for alias, spec in PACKAGED_GGUF.items():
+            if path.name in {Path(part).name for _, part in spec["parts"]} | {f"{alias}.gguf"}:
+                return f"{alias} ({ALIASES[alias]}, from {path.name})"
+        return path.stem
+    return path.name if path.is_dir() else text
+
+
 def load_student(
     name: str | Path,
     *,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import re
@@ -49,8 +50,23 @@ def last_number(text: str) -> float | None:
     return float(found[-1].replace(",", "")) if found else None
 
 
-Verifier = Union[ExactMatch, NumericMatch, Callable[[str, Any], bool]]
-"""Exact match, numeric tolerance, or any ``(answer, ground_truth) -> bool`` callable."""
+Verifier = Union[ExactMatch, NumericMatch, Callable[..., bool]]
+"""Exact match, numeric tolerance, or any ``(answer, ground_truth) -> bool`` callable. A callable that declares a
+``state`` parameter is called as ``verifier(answer, ground_truth, state=...)`` with the run's final state (the
+``state`` of its `mentor_agents.environment.Environment`), e.g. to check what the agent wrote to a database."""
+
+
+def check(verifier: Verifier, answer: str, ground_truth: Any, state: Any = None) -> bool:
+    """``verifier``'s judgement of ``answer``, with the run's ``state`` when the verifier declares a ``state``
+    parameter."""
+    if not isinstance(verifier, (ExactMatch, NumericMatch)) and "state" in inspect.signature(verifier).parameters:
+        return bool(verifier(answer, ground_truth, state=state))
+    return bool(verifier(answer, ground_truth))
+
+
+def is_custom(verifier: Any) -> bool:
+    """True for a callable verifier, which cannot be stored (files say ``"custom"``)."""
+    return verifier is not None and not isinstance(verifier, (ExactMatch, NumericMatch))
 
 
 class Task(BaseModel):
@@ -63,13 +79,14 @@ class Task(BaseModel):
     verifier: Verifier | None = None
     metadata: dict[str, Any] = {}
 
-    def verdict(self, answer: str | None) -> Verdict:
-        """``correct`` or ``wrong`` when the task can be checked, else ``unknown``."""
+    def verdict(self, answer: str | None, state: Any = None) -> Verdict:
+        """``correct`` or ``wrong`` when the task can be checked, else ``unknown``; ``state`` is the run's final
+        state, for a verifier that takes one."""
         if self.verifier is None or self.ground_truth is None:
             return "unknown"
         if answer is None or not answer.strip():
             return "wrong"
-        return "correct" if self.verifier(answer, self.ground_truth) else "wrong"
+        return "correct" if check(self.verifier, answer, self.ground_truth, state) else "wrong"
 
 
 def task_to_dict(task: Task) -> dict[str, Any]:
@@ -77,18 +94,22 @@ def task_to_dict(task: Task) -> dict[str, Any]:
     verifier: Any = task.verifier
     if isinstance(verifier, (ExactMatch, NumericMatch)):
         verifier = verifier.model_dump()
-    elif verifier is not None:
+    elif is_custom(verifier):
         verifier = "custom"
     return {"id": task.id, "input": task.input, "ground_truth": task.ground_truth, "verifier": verifier,
             "metadata": task.metadata}
 
 
 def task_from_dict(data: dict[str, Any], custom: dict[str, Verifier] | None = None) -> Task:
-    """The inverse of `task_to_dict`; ``custom`` gives back callable verifiers by task id."""
+    """The inverse of `task_to_dict`; ``custom`` gives back callable verifiers by task id. A task stored with a
+    ``"custom"`` verifier that ``custom`` does not give back is an error: it must not lose its verifier."""
     data = dict(data)
     verifier = data.pop("verifier", None)
     if verifier == "custom":
-        verifier = (custom or {}).get(data.get("id"))
+        if data.get("id") not in (custom or {}):
+            raise ValueError(f"task {data.get('id')!r} has a custom (callable) verifier, which cannot be stored; "
+                             "pass the task itself (with its verifier) again")
+        verifier = custom[data["id"]]
     elif isinstance(verifier, dict):
         verifier = NumericMatch(**verifier) if verifier.get("kind") == "numeric" else ExactMatch(**verifier)
     return Task(**data, verifier=verifier)

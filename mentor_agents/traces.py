@@ -86,8 +86,8 @@ class Trace(Record):
     """Index of this run among several runs of the same task (self-consistency); 0 for a single run."""
     task_input: str
     ground_truth: Any = None
-    verifier: ExactMatch | NumericMatch | None = Field(default=None, discriminator="kind")
-    """The task's verifier when it is a built-in one; a custom callable is not stored."""
+    verifier: Annotated[ExactMatch | NumericMatch, Field(discriminator="kind")] | Literal["custom"] | None = None
+    """The task's verifier when it is a built-in one; ``"custom"`` for a callable, which cannot be stored."""
     system_prompt: str | None = None
     tools: list[dict[str, Any]] = []
     """Tool schemas bound to the model, in the OpenAI format."""
@@ -100,6 +100,8 @@ class Trace(Record):
     duration_s: float = 0.0
     usage: Usage = Usage()
     error: str | None = None
+    stopped: Literal["turn_limit", "loop", "timeout"] | None = None
+    """Why a bounded run was ended early: the turn cap, a repeated identical tool call, or its time limit."""
     metadata: dict[str, Any] = {}
 
     @property
@@ -126,7 +128,7 @@ class TraceFileError(ValueError):
 R = TypeVar("R", bound=BaseModel)
 
 
-def parse_line(text: str, model: type[R], path: Path, line: int) -> R:
+def parse_line(text: str, model: type[R], path: Path, line: int, context: dict[str, Any] | None = None) -> R:
     """One JSONL line as a validated ``model``, or a `TraceFileError` naming the file, line and field."""
     try:
         data = json.loads(text)
@@ -143,7 +145,7 @@ def parse_line(text: str, model: type[R], path: Path, line: int) -> R:
             f"written with schema version {version!r}; this mentor_agents reads version {SCHEMA_VERSION}",
         )
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, context=context)
     except ValidationError as e:
         err = e.errors()[0]
         field = ".".join(str(part) for part in err["loc"]) or "<root>"
@@ -222,8 +224,10 @@ class TraceStore:
         return {trace.key for trace in self.read(skip_invalid=True)}
 
 
-def read_jsonl(path: Path, model: type[R], skip_invalid: bool = False) -> tuple[list[R], list[LineError]]:
-    """Validated records from a JSONL file, and the invalid lines skipped (only with ``skip_invalid=True``)."""
+def read_jsonl(path: Path, model: type[R], skip_invalid: bool = False, context: dict[str, Any] | None = None,
+               ) -> tuple[list[R], list[LineError]]:
+    """Validated records from a JSONL file, and the invalid lines skipped (only with ``skip_invalid=True``);
+    ``context`` is pydantic's validation context."""
     records: list[R] = []
     skipped: list[LineError] = []
     if not path.exists():
@@ -238,7 +242,7 @@ def read_jsonl(path: Path, model: type[R], skip_invalid: bool = False) -> tuple[
                     if not text.strip():
                         continue
                     try:
-                        records.append(parse_line(text, model, path, number))
+                        records.append(parse_line(text, model, path, number, context))
                         continue
                     except TraceFileError as e:
                         error = e

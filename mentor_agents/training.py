@@ -365,14 +365,16 @@ def _within_budget(rollout: Rollout, budget: int) -> Rollout:
     })
 
 
-def make_reward_func(reward: TeacherGuidedReward, rollout_log: Path | None = None):
-    """The TRL reward function: scores each rollout against the reference of its dataset row, logs the reward
-    breakdown and rollout rates as step metrics, and appends each scored rollout to ``rollout_log`` (JSONL)."""
-    parsed: dict[str, RewardReference] = {}
+def make_reward_func(reward: TeacherGuidedReward, references: Sequence[RewardReference],
+                     rollout_log: Path | None = None):
+    """The TRL reward function: scores each rollout against the reference of its dataset row (the in-memory one,
+    which keeps a callable verifier), logs the reward breakdown and rollout rates as step metrics, and appends each
+    scored rollout to ``rollout_log`` (JSONL)."""
+    by_task = {ref.task_id: ref for ref in references}
 
     def teacher_guided_reward(prompts, completions, rollout, reference, log_metric=None, rollout_seconds=None,
                               trainer_state=None, **_) -> list[float]:
-        refs = [parsed.setdefault(r, RewardReference.model_validate_json(r)) for r in reference]
+        refs = [by_task[json.loads(r)["task_id"]] for r in reference]
         results, components = score_rollouts(rollout, refs, reward)
         if rollout_log is not None and trainer_state is not None:
             # The reward is computed inside the step that the trainer counts once it is done.
@@ -412,7 +414,7 @@ def grpo(model: str | os.PathLike[str] | PreTrainedModel, tokenizer: PreTrainedT
     )
     reward = config.reward_fn
     trainer = GRPOTrainer(
-        model=model, reward_funcs=make_reward_func(reward, out / "rollouts.jsonl"), args=args,
+        model=model, reward_funcs=make_reward_func(reward, references, out / "rollouts.jsonl"), args=args,
         train_dataset=grpo_dataset(references),
         processing_class=tokenizer, peft_config=config.lora(),
         rollout_func=make_rollout_func(rollout_fn, references, config),

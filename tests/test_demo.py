@@ -28,4 +28,8 @@ def test_quick_demo_runs_every_stage(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "held-out success" in out and "MENTOR (sft+mentor)" in out and "untrained student" in out
     assert "the distilled student inside the agent" in out and "user:" in out
-    assert "student learned" in out or "did NOT beat" in out
+    # The verdict printed is the one the numbers give.
+    before = metrics["evaluation"]["untrained student|test"]["success"]
+    after = metrics["evaluation"]["sft+mentor|test"]["success"]
+    assert ("The student learned" if after > before else "The student did NOT beat") in out
+    assert ("did NOT beat" in out) == (after <= before)

@@ -46,7 +46,7 @@ def test_distill_every_stage_resume_and_swap(tmp_path, teacher_url):
     assert all(t.teacher_endpoint == teacher_url for t in traces)
     assert "test-key" not in (run_dir / "traces.jsonl").read_text()
     tasks = json.loads((run_dir / "tasks.json").read_text())
-    assert {len(tasks["train"]), len(tasks["test"]), len(tasks["ood"])} == {8, 3, 2}
+    assert [len(tasks["train"]), len(tasks["test"]), len(tasks["ood"])] == [8, 3, 2]
     assert not {t["id"] for t in tasks["train"]} & {t["id"] for t in tasks["test"]}
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert {"teacher|test", "untrained student|test", "sft|test", "mentor|ood"} <= set(metrics["evaluation"])

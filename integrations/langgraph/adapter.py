@@ -12,6 +12,7 @@ from langchain_core.messages import HumanMessage, SystemMessage
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from langgraph.prebuilt import ToolNode
 
+from mentor_agents.environment import Environment, EnvironmentFactory, map_agent
 from mentor_agents.integrations.langgraph.recording import record
 from mentor_agents.integrations.langgraph.rollouts import graph_rollout_fn
 from mentor_agents.integrations.langgraph.student_model import StudentChatModel, _Swapper, swap_model
@@ -47,10 +48,12 @@ class _Inspector(_Swapper):
 
 
 class LangGraphAdapter:
-    """Runs a compiled LangGraph graph for `distill`."""
+    """Runs a compiled LangGraph graph for `distill`. With ``environment``, every run (recording, rollout,
+    evaluation) runs the graph of a fresh `Environment` from that factory; ``agent`` is then only inspected (tools,
+    system prompt, model)."""
 
-    def __init__(self, agent: Any):
-        self.agent = agent
+    def __init__(self, agent: Any, environment: EnvironmentFactory | None = None):
+        self.agent, self.environment = agent, environment
         inspector = _Inspector()
         for spec in agent.builder.nodes.values():
             inspector.swap(spec.runnable)
@@ -74,10 +77,19 @@ class LangGraphAdapter:
     def graph_for(self, model: BaseChatModel | None) -> Any:
         return self.agent if model is None else swap_model(self.agent, model)
 
+    def environment_for(self, model: BaseChatModel | None) -> EnvironmentFactory:
+        """A factory of run environments whose graph runs on ``model`` (None: the graph's own model)."""
+        if self.environment is None:
+            graph = self.graph_for(model)
+            return lambda: Environment(graph)
+        return self.environment if model is None else map_agent(self.environment, lambda g: swap_model(g, model))
+
     def record(self, tasks: Sequence[Task], store: TraceStore, *, model: BaseChatModel | None = None,
-               samples: int = 1, concurrency: int = 4, timeout_s: float = 300) -> list[Trace]:
-        return record(self.graph_for(model), list(tasks), store, samples=samples, concurrency=concurrency,
-                      timeout_s=timeout_s)
+               samples: int = 1, concurrency: int = 4, timeout_s: float = 300, retries: int = 3,
+               max_turns: int | None = None, stop_loops: bool = False) -> list[Trace]:
+        return record(None, list(tasks), store, environment=self.environment_for(model), samples=samples,
+                      concurrency=concurrency, timeout_s=timeout_s, retries=retries, max_turns=max_turns,
+                      stop_loops=stop_loops)
 
     def synthesize_tasks(self, n: int, *, model: BaseChatModel | None = None, seed: int = 0,
                          batch: int = 16, max_rounds: int | None = None) -> list[Task]:
@@ -120,7 +132,7 @@ class LangGraphAdapter:
         return list(seen.values())[:n]
 
     def rollout_fn(self) -> RolloutFn:
-        return graph_rollout_fn(self.agent)
+        return graph_rollout_fn(self.agent, self.environment)
 
     def student_model(self, model: Any, tokenizer: Any, **generation: Any) -> StudentChatModel:
         return StudentChatModel(model=model, tokenizer=tokenizer, **generation)

@@ -4,8 +4,10 @@ Eight tools (look up, search and list products, read stock, place, read and canc
 a seeded database of products, stock and orders. Every run of the agent works on its own copy of that database, so
 runs can go in parallel and one run's orders never change another's answers. `make_tasks` draws single-step
 lookups and multi-step tasks (find then read, find then order, cancel then read, order then read) whose numeric
-ground truth is computed from the seeded database; `ScriptedInventoryTeacher` is a deterministic stand-in for a
-teacher LLM that solves them with correct tool calls.
+ground truth is computed from the seeded database; `make_write_tasks` draws write tasks (place an order) whose
+verifier, `order_placed`, checks the run's database; `ScriptedInventoryTeacher` is a deterministic stand-in for a
+teacher LLM that solves them with correct tool calls. `environment` is the factory for `distill(...,
+environment=...)`: each run gets its own copy of the database, and the verifier sees that copy.
 """
 
 from __future__ import annotations
@@ -32,8 +34,9 @@ from langchain_core.tools import BaseTool, ToolException, tool
 from langgraph.prebuilt import InjectedState
 from typing_extensions import NotRequired
 
+from mentor_agents.environment import Environment, EnvironmentFactory
 from mentor_agents.integrations.langgraph.scripted import ScriptedTeacher
-from mentor_agents.tasks import NumericMatch, Task
+from mentor_agents.tasks import NumericMatch, Task, last_number
 
 # -------------------------------------------------------------------------------------------------------- database
 
@@ -389,6 +392,41 @@ TEMPLATES = (
 )
 
 
+WRITE_TEMPLATES = (
+    _Template("place_order", "Place an order of {quantity} units of SKU {sku} for {customer} and tell me the new "
+              "order's id.", ("place_order",), _in_stock,
+              lambda c, v: {"sku": v["sku"], "quantity": v["quantity"], "customer": v["customer"],
+                            "stock": _one(c, _STOCK, v["sku"]) - v["quantity"],
+                            "order_id": _one(c, "SELECT MAX(id) FROM orders") + 1},
+              _steps(lambda v, r: ("place_order", {"sku": v["sku"], "quantity": v["quantity"],
+                                                   "customer": v["customer"]}),
+                     lambda v, r: ("answer", r[0]["order_id"]))),
+)
+"""Tasks that change the database; their ground truth is the order the run must leave behind."""
+
+
+def order_placed(answer: str, ground_truth: dict[str, Any], state: str) -> bool:
+    """The verifier of the write tasks: the run's database (``state``, its path) holds exactly one new order, of
+    the requested product, quantity and customer, stock went down by that quantity, and the answer names the
+    order's id (its last number)."""
+    with closing(_connect(state)) as conn:
+        new = conn.execute("SELECT * FROM orders WHERE id >= ?", (ground_truth["order_id"],)).fetchall()
+        stock = _one(conn, _STOCK, ground_truth["sku"])
+    if len(new) != 1 or stock != ground_truth["stock"]:
+        return False
+    order = new[0]
+    return ((order["sku"], order["quantity"], order["customer"], order["status"]) ==
+            (ground_truth["sku"], ground_truth["quantity"], ground_truth["customer"], "placed")
+            and last_number(answer) == order["id"])
+
+
+def make_write_tasks(n: int, seed: int = 0, db_seed: int = 0) -> list[Task]:
+    """``n`` distinct write tasks (place an order, answer its id) on the database of ``db_seed``, each judged by
+    `order_placed` on the run's own database: run them with `environment`. Task ids are
+    ``f"inventory-write-{seed}-{i}"``."""
+    return _draw_tasks(n, WRITE_TEMPLATES, f"inventory-write-{seed}", db_seed, order_placed, f"inventory-write-{seed}")
+
+
 def make_tasks(n: int, seed: int = 0, db_seed: int = 0) -> list[Task]:
     """``n`` distinct inventory tasks with numeric ground truth computed from the database `create_db` builds from
     ``db_seed``; the same arguments give the same tasks. Task ids are ``f"inventory-{seed}-{i}"``.
@@ -397,10 +435,15 @@ def make_tasks(n: int, seed: int = 0, db_seed: int = 0) -> list[Task]:
     calls); ``metadata`` holds the kind, the tools that solve it and ``db_seed``. Every task assumes a fresh copy
     of the database, which is what `build_agent` gives each run.
     """
+    return _draw_tasks(n, TEMPLATES, f"inventory-tasks-{seed}", db_seed, NumericMatch(), f"inventory-{seed}")
+
+
+def _draw_tasks(n: int, templates: Sequence[_Template], rng_seed: str, db_seed: int, verifier: Any,
+                prefix: str) -> list[Task]:
     if n < 0:
         raise ValueError(f"n must be non-negative, got {n}")
-    rng = random.Random(f"inventory-tasks-{seed}")
-    templates = list(TEMPLATES)
+    rng = random.Random(rng_seed)
+    templates = list(templates)
     rng.shuffle(templates)
     tasks: list[Task] = []
     seen: set[str] = set()
@@ -416,8 +459,8 @@ def make_tasks(n: int, seed: int = 0, db_seed: int = 0) -> list[Task]:
             else:
                 raise ValueError(f"cannot draw {n} distinct inventory tasks; ask for fewer")
             seen.add(question)
-            tasks.append(Task(id=f"inventory-{seed}-{i}", input=question,
-                              ground_truth=template.truth(conn, values), verifier=NumericMatch(),
+            tasks.append(Task(id=f"{prefix}-{i}", input=question,
+                              ground_truth=template.truth(conn, values), verifier=verifier,
                               metadata={"split": "inventory", "kind": template.kind, "tools": list(template.tools),
                                         "db_seed": db_seed}))
     return tasks
@@ -441,7 +484,7 @@ class ScriptedInventoryTeacher(ScriptedTeacher):
         if last_user is None:
             return AIMessage(content="Answer: unknown")
         question = messages[last_user].text.strip()
-        found = next(((t, m) for t in TEMPLATES if (m := t.pattern.fullmatch(question))), None)
+        found = next(((t, m) for t in TEMPLATES + WRITE_TEMPLATES if (m := t.pattern.fullmatch(question))), None)
         if found is None:
             return AIMessage(content="I cannot handle this request with the inventory tools. Answer: unknown")
         template, match = found
@@ -486,6 +529,45 @@ class _FreshDatabase(AgentMiddleware):
         Path(state["db_path"]).unlink(missing_ok=True)
 
 
+class _Database(AgentMiddleware):
+    """Points every run of the agent at one database file (an environment's own copy)."""
+
+    state_schema = _RunState
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self.path = path
+
+    def before_agent(self, state: _RunState, runtime: Any) -> dict[str, Any]:
+        return {"db_path": str(self.path)}
+
+
+def environment(model: BaseChatModel, db_path: str | Path | None = None, db_seed: int = 0) -> EnvironmentFactory:
+    """The factory of fresh inventory environments for ``distill(..., environment=...)``: each call copies the
+    database ``db_path`` (created from ``db_seed`` when missing, as in `build_agent`) into a folder of its own and
+    returns the agent on that copy, with the copy's path as the state the verifier sees (`order_placed`); closing
+    the environment deletes the folder."""
+    template = _template_db(db_path, db_seed)
+
+    def make() -> Environment:
+        folder = Path(tempfile.mkdtemp(prefix="inventory-env-"))
+        copy = folder / "inventory.sqlite"
+        shutil.copyfile(template, copy)
+        agent = create_agent(model, TOOLS, system_prompt=SYSTEM_PROMPT, middleware=[_Database(copy)])
+        return Environment(agent=agent, state=str(copy), close=lambda: shutil.rmtree(folder, ignore_errors=True))
+
+    return make
+
+
+def _template_db(db_path: str | Path | None, db_seed: int) -> Path:
+    if db_path is None:
+        db_path = Path(tempfile.mkdtemp(prefix="inventory-")) / "inventory.sqlite"
+    db_path = Path(db_path)
+    if not db_path.exists():
+        create_db(db_path, db_seed)
+    return db_path
+
+
 def build_agent(model: BaseChatModel, db_path: str | Path | None = None, db_seed: int = 0):
     """The inventory agent around ``model``, as a compiled `langchain.agents.create_agent` graph.
 
@@ -493,9 +575,5 @@ def build_agent(model: BaseChatModel, db_path: str | Path | None = None, db_seed
     is never written). It is created from ``db_seed`` with `create_db` when it does not exist, or in a temporary
     folder when None. Tasks from ``make_tasks(..., db_seed=s)`` need the database of seed ``s``.
     """
-    if db_path is None:
-        db_path = Path(tempfile.mkdtemp(prefix="inventory-")) / "inventory.sqlite"
-    db_path = Path(db_path)
-    if not db_path.exists():
-        create_db(db_path, db_seed)
-    return create_agent(model, TOOLS, system_prompt=SYSTEM_PROMPT, middleware=[_FreshDatabase(db_path)])
+    return create_agent(model, TOOLS, system_prompt=SYSTEM_PROMPT,
+                        middleware=[_FreshDatabase(_template_db(db_path, db_seed))])

@@ -9,6 +9,7 @@ import hashlib
 import json
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 from urllib.parse import urlsplit, urlunsplit
 from uuid import UUID
@@ -20,8 +21,9 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from langgraph.errors import GraphRecursionError
 from tqdm.auto import tqdm
 
+from mentor_agents.environment import Environment, EnvironmentFactory, map_agent
 from mentor_agents.integrations.langgraph.safety import with_tool_timeout
-from mentor_agents.tasks import ExactMatch, NumericMatch, Task
+from mentor_agents.tasks import Task, is_custom
 from mentor_agents.traces import ModelStep, ToolCall, ToolStep, Trace, TraceStore, Usage
 
 PARSED_FROM_TEXT_KEY = "mentor_parsed_from_text"
@@ -81,18 +83,33 @@ def _public_url(url: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
 
 
+class RunStopped(RuntimeError):
+    """A bounded run was ended: ``reason`` is ``"turn_limit"`` (a model turn past ``max_turns``) or ``"loop"`` (a
+    model turn repeating the previous turn's tool calls exactly)."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
 class TraceRecorder(BaseCallbackHandler):
     """Collects the model and tool steps of one graph run, in the order they started, whatever the node names.
 
     Pass one fresh recorder per run: ``graph.invoke(inputs, config={"callbacks": [recorder]})``; then
     `to_trace` builds the `Trace`. Records the exact model inputs, bound tool schemas, system prompt, outputs, tool
     calls, usage and latencies; the teacher's model name and base URL, never its API key or headers.
+
+    With ``max_turns``, a model call past that many raises `RunStopped` ("turn_limit"); with ``stop_loops``, a model
+    turn whose tool calls (names and arguments) repeat the previous turn's raises `RunStopped` ("loop"). Both end
+    the run (the callback errors propagate).
     """
 
     run_inline = True  # keep the event order of async runs; the handlers only append to lists
     raise_error = True  # a recording bug must fail the run, not leave a silently incomplete trace
 
-    def __init__(self) -> None:
+    def __init__(self, max_turns: int | None = None, stop_loops: bool = False) -> None:
+        self.max_turns, self.stop_loops = max_turns, stop_loops
+        self.turns = 0
         self.steps: list[ModelStep | ToolStep | None] = []
         self.system_prompt: str | None = None
         self.tools: list[dict[str, Any]] = []
@@ -107,6 +124,9 @@ class TraceRecorder(BaseCallbackHandler):
         params, metadata = invocation_params or {}, metadata or {}
         inputs = messages[0]
         with self._lock:
+            self.turns += 1
+            if self.max_turns is not None and self.turns > self.max_turns:
+                raise RunStopped("turn_limit", f"model turn {self.turns} of at most {self.max_turns}")
             if self.teacher_model is None:
                 self.teacher_model = params.get("model") or params.get("model_name") or metadata.get("ls_model_name")
                 init_kwargs = (serialized or {}).get("kwargs") or {}
@@ -138,6 +158,13 @@ class TraceRecorder(BaseCallbackHandler):
             latency_s=end - start,
             usage=Usage(input_tokens=usage.get("input_tokens", 0), output_tokens=usage.get("output_tokens", 0)),
         )
+        calls = _calls_of(self.steps[slot])
+        if self.stop_loops and calls and calls == self._previous_calls(slot):
+            raise RunStopped("loop", f"model turn {self.turns} repeated the previous turn's tool calls {calls}")
+
+    def _previous_calls(self, slot: int) -> list[tuple[str, str]] | None:
+        previous = [step for step in self.steps[:slot] if isinstance(step, ModelStep)]
+        return _calls_of(previous[-1]) if previous else None
 
     def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         with self._lock:
@@ -170,8 +197,10 @@ class TraceRecorder(BaseCallbackHandler):
                                     latency_s=end - start)
 
     def to_trace(self, task: Task, state: Any = None, *, sample: int = 0, started_at: float | None = None,
-                 duration_s: float = 0.0, error: str | None = None) -> Trace:
-        """The `Trace` of this run on ``task``; ``state`` is the graph's final state (None when the run failed)."""
+                 duration_s: float = 0.0, error: str | None = None, environment_state: Any = None,
+                 stopped: str | None = None) -> Trace:
+        """The `Trace` of this run on ``task``; ``state`` is the graph's final state (None when the run failed),
+        ``environment_state`` the run's environment state, which a task verifier taking ``state`` is given."""
         steps = [step for step in self.steps if step is not None]
         messages = state.get("messages", []) if isinstance(state, dict) else []
         steps = _reconcile_tool_steps(steps, messages)
@@ -179,25 +208,29 @@ class TraceRecorder(BaseCallbackHandler):
         if messages and isinstance(messages[-1], AIMessage) and not messages[-1].tool_calls:
             final_answer = messages[-1].text
         usage = sum((step.usage for step in steps if isinstance(step, ModelStep)), Usage())
-        builtin = isinstance(task.verifier, (ExactMatch, NumericMatch))
         return Trace(
             task_id=task.id,
             sample=sample,
             task_input=task.input,
             ground_truth=task.ground_truth,
-            verifier=task.verifier if builtin else None,
+            verifier="custom" if is_custom(task.verifier) else task.verifier,
             system_prompt=self.system_prompt,
             tools=self.tools,
             steps=steps,
             final_answer=final_answer,
             teacher_model=self.teacher_model,
             teacher_endpoint=self.teacher_endpoint,
-            verdict="unknown" if error is not None else task.verdict(final_answer),
+            verdict="unknown" if error is not None else task.verdict(final_answer, environment_state),
             started_at=time.time() if started_at is None else started_at,
             duration_s=duration_s,
             usage=usage,
             error=error,
+            stopped=stopped,
         )
+
+
+def _calls_of(step: ModelStep) -> list[tuple[str, str]]:
+    return [(call.name, json.dumps(call.args, sort_keys=True, default=str)) for call in step.tool_calls]
 
 
 def _reconcile_tool_steps(steps: list[ModelStep | ToolStep], messages: list[Any]) -> list[Any]:
@@ -238,33 +271,56 @@ def _as_tasks(tasks: Sequence[Task | str]) -> list[Task]:
     return out
 
 
-async def _run_one(agent: Any, task: Task, sample: int, timeout_s: float, retries: int, backoff_s: float) -> Trace:
+@dataclass(frozen=True)
+class Bounds:
+    """How one run is bounded: its time limit, retries of failed attempts (for teacher endpoints: 0 for a student,
+    whose timeouts are then recorded as they are; a run that hit the turn cap or looped is never retried), the
+    model-turn cap and the loop stop."""
+
+    timeout_s: float = 300
+    retries: int = 3
+    backoff_s: float = 1.0
+    max_turns: int | None = None
+    stop_loops: bool = False
+
+
+async def _run_one(environment: EnvironmentFactory, task: Task, sample: int, bounds: Bounds) -> Trace:
     attempt = 0
     while True:
-        recorder = TraceRecorder()
+        recorder = TraceRecorder(bounds.max_turns, bounds.stop_loops)
         started_at, start = time.time(), time.perf_counter()
-        state, error = None, None
+        state = None
+        env = await asyncio.to_thread(environment)
         try:
             state = await asyncio.wait_for(
-                agent.ainvoke({"messages": [("user", task.input)]}, config={"callbacks": [recorder]}), timeout_s
-            )
+                env.agent.ainvoke({"messages": [("user", task.input)]}, config={"callbacks": [recorder]}),
+                bounds.timeout_s)
         except Exception as e:
-            message = f"no result within {timeout_s} s" if isinstance(e, TimeoutError) else str(e)
-            error = f"{type(e).__name__}: {message}"
-            # A recursion limit is the agent looping, not a transient failure: retrying would loop again.
-            if attempt < retries and not isinstance(e, GraphRecursionError):
-                await asyncio.sleep(backoff_s * 2**attempt)
+            message = f"no result within {bounds.timeout_s} s" if isinstance(e, TimeoutError) else str(e)
+            stopped = e.reason if isinstance(e, RunStopped) else "timeout" if isinstance(e, TimeoutError) else None
+            # A stop or a recursion limit is the agent looping: retrying would loop again.
+            if attempt < bounds.retries and not isinstance(e, (RunStopped, GraphRecursionError)):
+                await asyncio.sleep(bounds.backoff_s * 2**attempt)
                 attempt += 1
                 continue
-        trace = recorder.to_trace(task, state, sample=sample, started_at=started_at,
-                                  duration_s=time.perf_counter() - start, error=error)
+            trace = recorder.to_trace(task, state, sample=sample, started_at=started_at,
+                                      duration_s=time.perf_counter() - start,
+                                      error=f"{type(e).__name__}: {message}", stopped=stopped)
+        else:
+            # The verdict is taken on this run's environment, before it is closed.
+            trace = recorder.to_trace(task, state, sample=sample, started_at=started_at,
+                                      duration_s=time.perf_counter() - start, environment_state=env.state)
+        finally:
+            if env.close is not None:
+                await asyncio.to_thread(env.close)
         trace.metadata["attempts"] = attempt + 1
         return trace
 
 
-async def arecord(agent: Any, tasks: Sequence[Task | str], store: TraceStore | str, *, concurrency: int = 4,
-                  timeout_s: float = 300, retries: int = 3, backoff_s: float = 1.0, samples: int = 1,
-                  redact: Callable[[Trace], Trace] | None = None, progress: bool = True,
+async def arecord(agent: Any, tasks: Sequence[Task | str], store: TraceStore | str, *,
+                  environment: EnvironmentFactory | None = None, concurrency: int = 4, timeout_s: float = 300,
+                  retries: int = 3, backoff_s: float = 1.0, samples: int = 1, max_turns: int | None = None,
+                  stop_loops: bool = False, redact: Callable[[Trace], Trace] | None = None, progress: bool = True,
                   retry_failed: bool = False, tool_timeout_s: float | None = None) -> list[Trace]:
     """The async form of `record`, for callers already inside an event loop."""
     if concurrency < 1 or samples < 1 or retries < 0 or timeout_s <= 0:
@@ -272,8 +328,12 @@ async def arecord(agent: Any, tasks: Sequence[Task | str], store: TraceStore | s
                          f"concurrency={concurrency}, samples={samples}, retries={retries}, timeout_s={timeout_s}")
     store = store if isinstance(store, TraceStore) else TraceStore(store)
     tasks = _as_tasks(tasks)
-    if tool_timeout_s is not None:
-        agent = with_tool_timeout(agent, tool_timeout_s)
+    if environment is None:
+        shared = agent if tool_timeout_s is None else with_tool_timeout(agent, tool_timeout_s)
+        environment = lambda: Environment(shared)  # noqa: E731
+    elif tool_timeout_s is not None:
+        environment = map_agent(environment, lambda graph: with_tool_timeout(graph, tool_timeout_s))
+    bounds = Bounds(timeout_s, retries, backoff_s, max_turns, stop_loops)
     stored: dict[tuple[str, int], Trace] = {}
     for trace in store.read(skip_invalid=True):
         if trace.key not in stored or (stored[trace.key].error is not None and trace.error is None):
@@ -287,7 +347,7 @@ async def arecord(agent: Any, tasks: Sequence[Task | str], store: TraceStore | s
 
     async def one(task: Task, sample: int) -> None:
         async with semaphore:
-            trace = await _run_one(agent, task, sample, timeout_s, retries, backoff_s)
+            trace = await _run_one(environment, task, sample, bounds)
         if redact is not None:
             trace = redact(trace)
         store.append(trace)
@@ -301,15 +361,23 @@ async def arecord(agent: Any, tasks: Sequence[Task | str], store: TraceStore | s
     return [stored[(task.id, sample)] for task, sample in keys]
 
 
-def record(agent: Any, tasks: Sequence[Task | str], store: TraceStore | str, *, concurrency: int = 4,
-           timeout_s: float = 300, retries: int = 3, backoff_s: float = 1.0, samples: int = 1,
-           redact: Callable[[Trace], Trace] | None = None, progress: bool = True,
+def record(agent: Any, tasks: Sequence[Task | str], store: TraceStore | str, *,
+           environment: EnvironmentFactory | None = None, concurrency: int = 4, timeout_s: float = 300,
+           retries: int = 3, backoff_s: float = 1.0, samples: int = 1, max_turns: int | None = None,
+           stop_loops: bool = False, redact: Callable[[Trace], Trace] | None = None, progress: bool = True,
            retry_failed: bool = False, tool_timeout_s: float | None = None) -> list[Trace]:
     """Run the compiled graph ``agent`` on every task ``samples`` times and append one `Trace` per run to ``store``.
 
+    With ``environment`` (a `mentor_agents.environment.EnvironmentFactory`), every run builds its own
+    `Environment` and runs its agent instead (``agent`` may then be None); a task verifier that takes ``state``
+    judges the answer with that run's ``Environment.state``, and the environment is closed after the verdict.
+
     Runs already in the store are skipped (resume after a crash or kill); with ``retry_failed=True`` failed ones run
     again. Up to ``concurrency`` runs go at once (``agent.ainvoke``); each attempt gets ``timeout_s`` seconds, and a
-    failed attempt is retried ``retries`` times after ``backoff_s * 2**attempt`` seconds. A run that still fails is
+    failed attempt is retried ``retries`` times after ``backoff_s * 2**attempt`` seconds (each attempt in a fresh
+    environment). ``max_turns`` caps the model turns of a run, and ``stop_loops`` ends a run whose model repeats
+    its previous turn's tool calls exactly; such runs are not retried, and their trace says why in ``stopped``
+    (``"turn_limit"``, ``"loop"``, or ``"timeout"`` for a run out of time). A run that still fails is
     stored as a trace with ``error`` set and verdict ``unknown``. Each trace is passed through ``redact`` and written
     (fsynced) as soon as it is done. ``tasks`` may be plain strings (ids from a hash of the text). With
     ``tool_timeout_s``, a tool call running longer is answered with an error tool message (`with_tool_timeout`).
@@ -323,6 +391,7 @@ def record(agent: Any, tasks: Sequence[Task | str], store: TraceStore | str, *, 
         pass
     else:
         raise RuntimeError("record() was called inside a running event loop; use `await arecord(...)` there")
-    return asyncio.run(arecord(agent, tasks, store, concurrency=concurrency, timeout_s=timeout_s, retries=retries,
-                               backoff_s=backoff_s, samples=samples, redact=redact, progress=progress,
+    return asyncio.run(arecord(agent, tasks, store, environment=environment, concurrency=concurrency,
+                               timeout_s=timeout_s, retries=retries, backoff_s=backoff_s, samples=samples,
+                               max_turns=max_turns, stop_loops=stop_loops, redact=redact, progress=progress,
                                retry_failed=retry_failed, tool_timeout_s=tool_timeout_s))

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 import torch
 from langgraph.errors import GraphRecursionError
 
+from mentor_agents.environment import Environment, EnvironmentFactory, map_agent
 from mentor_agents.integrations.langgraph.student_model import (
     StudentChatModel,
     TokenRecorder,
@@ -113,17 +114,25 @@ class BatchedGenerator:
 
 
 def run_rollouts(graph: Any, references: Sequence[RewardReference], model: Any, tokenizer: Any,
-                 config: TrainConfig, **student: Any) -> list[Rollout]:
+                 config: TrainConfig, environment: EnvironmentFactory | None = None, **student: Any) -> list[Rollout]:
     """One rollout of ``graph`` per reference, with the student (``model``, sampling at ``config.temperature``)
     swapped in; in reference order. A rollout cut off by ``config.max_turns``, or with a turn that hit
-    ``config.max_new_tokens`` before its end token, has ``finished=False``."""
+    ``config.max_new_tokens`` before its end token, has ``finished=False``.
+
+    With ``environment``, each rollout runs the graph of its own `Environment` (``graph`` is not used), so
+    concurrent rollouts never share state. Each rollout's ``correct`` is the task verifier's verdict, taken with
+    that run's ``Environment.state`` before the environment is closed."""
     references = list(references)
     generator = BatchedGenerator(model, tokenizer.pad_token_id, len(references), config.max_turns)
     chat = StudentChatModel(
         model=generator, tokenizer=tokenizer, record_tokens=True, do_sample=True,
         temperature=config.temperature, max_new_tokens=config.max_new_tokens, **student,
     )
-    agent = swap_model(graph, chat)
+    if environment is None:
+        shared = swap_model(graph, chat)
+        environment = lambda: Environment(shared)  # noqa: E731
+    else:
+        environment = map_agent(environment, lambda agent: swap_model(agent, chat))
     # Backstop for graphs that loop without calling the model; the turn limit itself is counted in the generator.
     recursion_limit = 4 * config.max_turns + 4
 
@@ -133,32 +142,40 @@ def run_rollouts(graph: Any, references: Sequence[RewardReference], model: Any, 
         state: dict[str, Any] = {"messages": []}
         cut_by = None
         try:
-            for state in agent.stream(
-                {"messages": [{"role": "user", "content": reference.task_input}]},
-                config={"callbacks": [recorder], "recursion_limit": recursion_limit}, stream_mode="values",
-            ):
-                pass
-        except (TurnLimitExceeded, GraphRecursionError):
-            cut_by = "turn_limit"
-        finally:
+            env = environment()
+        except BaseException:
             generator.finish()
-        # A turn that ran out of new tokens before its end token is cut off, as in the reference code (no EOS).
-        if any(not r.generated_ids or r.generated_ids[-1] not in r.end_ids for r in recorder.records):
-            cut_by = "token_budget"
-        return rollout_from_run(state, recorder.records, task_id=reference.task_id, finished=cut_by is None,
-                                cut_by=cut_by, strict=False)
+            raise
+        with env:
+            try:
+                for state in env.agent.stream(
+                    {"messages": [{"role": "user", "content": reference.task_input}]},
+                    config={"callbacks": [recorder], "recursion_limit": recursion_limit}, stream_mode="values",
+                ):
+                    pass
+            except (TurnLimitExceeded, GraphRecursionError):
+                cut_by = "turn_limit"
+            finally:
+                generator.finish()
+            # A turn that ran out of new tokens before its end token is cut off, as in the reference code (no EOS).
+            if any(not r.generated_ids or r.generated_ids[-1] not in r.end_ids for r in recorder.records):
+                cut_by = "token_budget"
+            rollout = rollout_from_run(state, recorder.records, task_id=reference.task_id, finished=cut_by is None,
+                                       cut_by=cut_by, strict=False)
+            return rollout.model_copy(update={"correct": reference.is_correct(rollout.final_answer, env.state)})
 
     with ThreadPoolExecutor(max_workers=max(1, len(references))) as pool:
         futures = [pool.submit(contextvars.copy_context().run, one, i, ref) for i, ref in enumerate(references)]
         return [future.result() for future in futures]
 
 
-def graph_rollout_fn(graph: Any, **student: Any) -> RolloutFn:
-    """The ``rollout_fn`` for `mentor_agents.training`: runs the compiled ``graph`` with the student swapped in
-    (see `run_rollouts`). ``student`` sets further `StudentChatModel` fields (e.g. ``top_p``)."""
+def graph_rollout_fn(graph: Any, environment: EnvironmentFactory | None = None, **student: Any) -> RolloutFn:
+    """The ``rollout_fn`` for `mentor_agents.training`: runs the compiled ``graph`` (or, with ``environment``, a
+    fresh graph of its own per rollout) with the student swapped in (see `run_rollouts`). ``student`` sets further
+    `StudentChatModel` fields (e.g. ``top_p``)."""
 
     def rollout_fn(references: list[RewardReference], model: Any, tokenizer: Any,
                    config: TrainConfig) -> list[Rollout]:
-        return run_rollouts(graph, references, model, tokenizer, config, **student)
+        return run_rollouts(graph, references, model, tokenizer, config, environment, **student)
 
     return rollout_fn
