@@ -31,6 +31,9 @@ class Rollout(BaseModel):
     completion_ids: list[int] = []
     completion_mask: list[int] = []
     logprobs: list[float] = []
+    prefill_fallbacks: int = 0
+    """Turns whose re-rendered history differed from the tokens cached for this rollout, so it re-prefilled from
+    the first difference (see `mentor_agents.prefix_cache.RolloutKV`)."""
 
     @property
     def tool_names(self) -> set[str]:
