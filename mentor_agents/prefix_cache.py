@@ -219,6 +219,10 @@ class PrefixCache:
         self.lock = threading.Lock()
         self.calls = self.reused_tokens = self.prefilled_tokens = 0
 
+    def __deepcopy__(self, memo: dict) -> PrefixCache:
+        # A deep copy of a chat model gets its own weights, so its own (empty) cache.
+        return PrefixCache(self.max_bytes)
+
     @property
     def nbytes(self) -> int:
         return sum(kv.nbytes for kv in self.entries.values())
