@@ -103,8 +103,6 @@ class RolloutKV:
         self.model, self.pad_token_id = model, pad_token_id
         self.rows: dict[int, KV] = {}
         self.prefill_fallbacks: Counter[int] = Counter()
-        self.prefilled_tokens = 0
-        """Prompt tokens run through the model (shared prefix once, then each row's new tokens)."""
 
     def drop(self, slot: int) -> None:
         """Free the cache of a rollout that has ended."""
@@ -147,7 +145,6 @@ class RolloutKV:
         if fresh:
             shared = min(min(common_prefix(fresh[0], p) for p in fresh), min(map(len, fresh)) - 1)
             kv = prefill(self.model, fresh[0][:shared])
-            self.prefilled_tokens += shared
             held = [kv if h is None else h for h in held]
         return held
 
@@ -186,7 +183,6 @@ class RolloutKV:
         with torch.no_grad():
             self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
                        logits_to_keep=1)
-        self.prefilled_tokens += sum(map(len, chunks)) + len(prompts)
         return cache, mask
 
 
