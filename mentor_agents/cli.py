@@ -67,6 +67,9 @@ def add_serve(subparsers: argparse._SubParsersAction) -> None:
                    help="environment variable holding the API key clients must send as a Bearer token")
     p.add_argument("--max-new-tokens", type=int, default=512, help="default cap on generated tokens per request")
     p.add_argument("--concurrency", type=int, default=1, help="model calls run at once; others wait in a queue")
+    p.add_argument("--prefix-cache-mb", type=int, default=512,
+                   help="memory for the keys and values of recent prompts, so that a request prefills only what "
+                        "is new after the longest cached prefix (system prompt, tools, earlier turns); 0 turns it off")
     p.set_defaults(func=run_serve)
 
 
@@ -83,12 +86,17 @@ def run_serve(args: argparse.Namespace) -> int:
             raise SystemExit(f"mentor serve: --api-key-env {args.api_key_env}: that environment variable is not set")
     from mentor_agents.integrations.langgraph.student_model import StudentChatModel
     from mentor_agents.integrations.openai.server import create_app, is_loopback, serve
+    from mentor_agents.prefix_cache import PrefixCache
 
+    if args.prefix_cache_mb < 0:
+        raise SystemExit(f"mentor serve: --prefix-cache-mb must be 0 (off) or more, got {args.prefix_cache_mb}")
     if not is_loopback(args.host) and key is None:
         raise SystemExit(f"mentor serve: refusing to bind {args.host} without an API key (--api-key-env VAR)")
     name = args.model_name or path.resolve().name
     source = path / "adapter" if args.adapter and (path / "adapter").is_dir() else path
-    model = StudentChatModel.from_pretrained(str(source), model_name=name, max_new_tokens=args.max_new_tokens)
+    cache = PrefixCache(args.prefix_cache_mb << 20) if args.prefix_cache_mb > 0 else None
+    model = StudentChatModel.from_pretrained(str(source), model_name=name, max_new_tokens=args.max_new_tokens,
+                                             prefix_cache=cache)
     app = create_app(model, name, api_key=key, max_concurrency=args.concurrency)
     print(f"mentor serve: http://{args.host}:{args.port}/v1 serving {name!r} from {path}", file=sys.stderr)
     serve(app, host=args.host, port=args.port)

@@ -54,6 +54,9 @@ class Rollout(BaseModel):
     completion_ids: list[int] = []
     completion_mask: list[int] = []
     logprobs: list[float] = []
+    prefill_fallbacks: int = 0
+    """Turns whose re-rendered history differed from the tokens cached for this rollout, so it re-prefilled from
+    the first difference (see `mentor_agents.prefix_cache.RolloutKV`)."""
 
     @model_validator(mode="after")
     def _cut_means_unfinished(self) -> Rollout:

@@ -293,6 +293,7 @@ def rollout_metrics(rollouts: Sequence[Rollout]) -> dict[str, float]:
         "rollout/invalid_call_rate": sum(bool(r.invalid_calls) for r in rollouts) / n,
         "rollout/turns": sum(r.turns for r in rollouts) / n,
         "rollout/finished": sum(r.finished for r in rollouts) / n,
+        "rollout/prefill_fallbacks": sum(r.prefill_fallbacks for r in rollouts) / n,
         **{f"rollout/invalid_calls/{label}": count for label, count in invalid.most_common()},
     }
 

@@ -10,12 +10,15 @@ result = train(TrainConfig(method="mentor"), "out/tiny", references=refs, rollou
 All rollouts of a step run at once, one thread each, and their model calls are generated together: a call waits
 until every unfinished rollout has asked for its next turn (or ended), then one batched ``generate`` serves them
 all. Batch membership and order are fixed by the rollout index, so a seeded run samples the same tokens every time.
+The shared prompt is prefilled once per step and each rollout keeps its KV cache across its turns
+(`mentor_agents.prefix_cache.RolloutKV`), so a turn prefills only the tokens added since the last one.
 """
 
 from __future__ import annotations
 
 import contextvars
 import threading
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 from typing import Any, Sequence
@@ -30,6 +33,7 @@ from mentor_agents.integrations.langgraph.student_model import (
     rollout_from_run,
     swap_model,
 )
+from mentor_agents.prefix_cache import RolloutKV
 from mentor_agents.references import RewardReference
 from mentor_agents.rollouts import Rollout
 from mentor_agents.training import RolloutFn, TrainConfig
@@ -43,11 +47,17 @@ class TurnLimitExceeded(RuntimeError):
 
 class BatchedGenerator:
     """Stands in for a model inside `StudentChatModel`: ``generate`` calls from concurrent rollouts are gathered
-    into one left-padded batch. Everything else is forwarded to the model. A rollout's call beyond ``max_turns``
-    raises `TurnLimitExceeded`, which ends that rollout as cut off."""
+    into one batch. Everything else is forwarded to the model. A rollout's call beyond ``max_turns`` raises
+    `TurnLimitExceeded`, which ends that rollout as cut off.
 
-    def __init__(self, model: Any, pad_token_id: int, rollouts: int, max_turns: int):
+    With ``reuse_kv`` (the default) each rollout keeps its KV cache across turns (see `RolloutKV`;
+    ``prefill_fallbacks[slot]`` counts the turns whose re-rendered history differed from the cached tokens);
+    ``reuse_kv=False`` prefills every prompt in full (a left-padded ``generate``), for exactness tests and
+    benchmarks."""
+
+    def __init__(self, model: Any, pad_token_id: int, rollouts: int, max_turns: int, reuse_kv: bool = True):
         self.model, self.pad_token_id, self.max_turns = model, pad_token_id, max_turns
+        self.kv = RolloutKV(model, pad_token_id) if reuse_kv else None
         self.active = rollouts
         self.calls = [0] * rollouts
         self.pending: dict[int, tuple[list[int], dict[str, Any]]] = {}
@@ -77,7 +87,13 @@ class BatchedGenerator:
         """One rollout has ended; the others no longer wait for it."""
         with self.cond:
             self.active -= 1
+            if self.kv is not None:
+                self.kv.drop(_SLOT.get())
             self._flush_if_all_waiting()
+
+    @property
+    def prefill_fallbacks(self) -> Counter[int]:
+        return self.kv.prefill_fallbacks if self.kv is not None else Counter()
 
     def _flush_if_all_waiting(self) -> None:
         if not self.pending or len(self.pending) < self.active:
@@ -98,12 +114,16 @@ class BatchedGenerator:
         self.cond.notify_all()
 
     def _generate(self, members: list[tuple[int, list[int]]], kwargs: dict[str, Any]) -> dict[int, Any]:
-        width = max(len(ids) for _, ids in members)
         device = self.model.device
-        input_ids = torch.tensor([[self.pad_token_id] * (width - len(ids)) + ids for _, ids in members],
-                                 device=device)
-        attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for _, ids in members], device=device)
-        out = self.model.generate(input_ids=input_ids, attention_mask=attention, **kwargs)
+        if self.kv is not None:
+            out, width = self.kv.generate([slot for slot, _ in members], [ids for _, ids in members], **kwargs)
+        else:
+            width = max(len(ids) for _, ids in members)
+            input_ids = torch.tensor([[self.pad_token_id] * (width - len(ids)) + ids for _, ids in members],
+                                     device=device)
+            attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for _, ids in members],
+                                     device=device)
+            out = self.model.generate(input_ids=input_ids, attention_mask=attention, **kwargs)
         results = {}
         for row, (slot, ids) in enumerate(members):
             prompt = torch.tensor([ids], device=device)
@@ -114,18 +134,20 @@ class BatchedGenerator:
 
 
 def run_rollouts(graph: Any, references: Sequence[RewardReference], model: Any, tokenizer: Any,
-                 config: TrainConfig, environment: EnvironmentFactory | None = None, **student: Any) -> list[Rollout]:
+                 config: TrainConfig, environment: EnvironmentFactory | None = None, reuse_kv: bool = True,
+                 **student: Any) -> list[Rollout]:
     """One rollout of ``graph`` per reference, with the student (``model``, sampling at ``config.temperature``)
     swapped in; in reference order. A rollout cut off by ``config.max_turns``, or with a turn that hit
-    ``config.max_new_tokens`` before its end token, has ``finished=False``.
+    ``config.max_new_tokens`` before its end token, has ``finished=False``. ``reuse_kv=False`` turns off the KV
+    reuse across turns (see `BatchedGenerator`).
 
     With ``environment``, each rollout runs the graph of its own `Environment` (``graph`` is not used), so
     concurrent rollouts never share state. Each rollout's ``correct`` is the task verifier's verdict, taken with
     that run's ``Environment.state`` before the environment is closed."""
     references = list(references)
-    generator = BatchedGenerator(model, tokenizer.pad_token_id, len(references), config.max_turns)
+    generator = BatchedGenerator(model, tokenizer.pad_token_id, len(references), config.max_turns, reuse_kv)
     chat = StudentChatModel(
-        model=generator, tokenizer=tokenizer, record_tokens=True, do_sample=True,
+        model=generator, tokenizer=tokenizer, record_tokens=True, do_sample=True, prefix_cache=None,
         temperature=config.temperature, max_new_tokens=config.max_new_tokens, **student,
     )
     if environment is None:
@@ -162,7 +184,8 @@ def run_rollouts(graph: Any, references: Sequence[RewardReference], model: Any, 
                 cut_by = "token_budget"
             rollout = rollout_from_run(state, recorder.records, task_id=reference.task_id, finished=cut_by is None,
                                        cut_by=cut_by, strict=False)
-            return rollout.model_copy(update={"correct": reference.is_correct(rollout.final_answer, env.state)})
+            return rollout.model_copy(update={"correct": reference.is_correct(rollout.final_answer, env.state),
+                                              "prefill_fallbacks": generator.prefill_fallbacks[slot]})
 
     with ThreadPoolExecutor(max_workers=max(1, len(references))) as pool:
         futures = [pool.submit(contextvars.copy_context().run, one, i, ref) for i, ref in enumerate(references)]

@@ -25,10 +25,11 @@ from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.runnables import Runnable, RunnableBinding, RunnableSequence
 from langchain_core.utils.function_calling import convert_to_openai_tool
-from pydantic import ConfigDict
+from pydantic import ConfigDict, Field
 
 from mentor_agents.integrations.langgraph.graphs import recompile
 from mentor_agents.integrations.langgraph.recording import to_openai_messages
+from mentor_agents.prefix_cache import PrefixCache
 from mentor_agents.rollouts import Rollout
 from mentor_agents.student import end_markers, load_student, parse_generation, stop_token_ids
 
@@ -186,6 +187,10 @@ class StudentChatModel(BaseChatModel):
     text unparsed; a tool name makes calls to other tools invalid; ``"required"``/``"any"`` are accepted but cannot
     force a call (generation is not constrained). Generation stops at the eos / end-of-turn token or ``stop``.
 
+    Calls reuse the keys and values of the longest prompt prefix an earlier call computed (``prefix_cache``, a
+    bounded `PrefixCache` shared by copies of this model, emptied when the weights change), so the system prompt
+    and tool schemas are prefilled once, not on every call; ``prefix_cache=None`` prefills every prompt in full.
+
     Token records: every call adds a `TokenRecord` to each `TokenRecorder` among the run's callbacks. With
     ``record_tokens=True`` a call without a recorder is an error, so a training loop cannot silently lose tokens.
     """
@@ -202,6 +207,7 @@ class StudentChatModel(BaseChatModel):
     record_tokens: bool = False
     logits_processor: Any = None
     """An optional ``transformers.LogitsProcessorList`` applied during generation (constrained decoding)."""
+    prefix_cache: PrefixCache | None = Field(default_factory=PrefixCache)
 
     @classmethod
     def from_pretrained(
@@ -253,16 +259,19 @@ class StudentChatModel(BaseChatModel):
             openai_messages(messages), tools=tools or None, add_generation_prompt=True, tokenize=True,
             return_dict=True)["input_ids"])
         end_ids = stop_token_ids(tokenizer, model)
-        input_ids = torch.tensor([prompt_ids], device=model.device)
         sampling = dict(temperature=self.temperature, top_p=self.top_p) if self.do_sample else {}
-        with torch.no_grad():
-            out = model.generate(
-                input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=self.max_new_tokens,
-                do_sample=self.do_sample, eos_token_id=end_ids, pad_token_id=tokenizer.pad_token_id,
-                logits_processor=self.logits_processor, stop_strings=stop or None,
-                tokenizer=tokenizer if stop else None, return_dict_in_generate=True, output_logits=bool(recorders),
-                **sampling,
-            )
+        settings = dict(
+            max_new_tokens=self.max_new_tokens, do_sample=self.do_sample, eos_token_id=end_ids,
+            pad_token_id=tokenizer.pad_token_id, logits_processor=self.logits_processor, stop_strings=stop or None,
+            tokenizer=tokenizer if stop else None, return_dict_in_generate=True, output_logits=bool(recorders),
+            **sampling,
+        )
+        if self.prefix_cache is not None:
+            out = self.prefix_cache.generate(model, prompt_ids, **settings)
+        else:
+            input_ids = torch.tensor([prompt_ids], device=model.device)
+            with torch.no_grad():
+                out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **settings)
         generated = out.sequences[0, len(prompt_ids):].tolist()
         cut = next((i + 1 for i, t in enumerate(generated) if t in end_ids), len(generated))
         generated = generated[:cut]
