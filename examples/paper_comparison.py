@@ -269,7 +269,7 @@ class Comparison:
             info = self.run.done[f"eval:{name}:{split}"]
             log(f"[{self.run.run.name}] {name} on {split}: success {info['success']:.0%} ({info['tasks']} tasks, "
                 f"{time.process_time() - cpu:.0f} CPU s)")
-            write_outputs(self.out)
+            write_outputs(self.out, plots=False)
 
     def evaluate_bfcl(self, name: str, category: str, model: Any, tokenizer: Any) -> None:
         cpu = time.process_time()
@@ -332,6 +332,7 @@ class Comparison:
                 model, tokenizer = self.trained(name, config, start)
             self.evaluate(name, model, tokenizer)
             free(model)
+            write_outputs(self.out)
 
     def sweep(self, grid: dict[str, tuple]) -> None:
         """``sft+mentor`` per recipe of ``grid`` from the seed's SFT model, scored on the dev split only."""
@@ -502,7 +503,7 @@ def success_rows(runs: dict[str, Any], teacher: str) -> tuple[list[str], dict[tu
     return rows, pooled
 
 
-def dynamics_rows(runs: dict[str, Any], teacher: str, out: Path) -> list[str]:
+def dynamics_rows(runs: dict[str, Any], teacher: str, out: Path, plots: bool) -> list[str]:
     """Markdown rows per GRPO run: first/last-5-step means of the reward and the zero-std and valid-call rates."""
     rows = []
     for name in sorted(runs):
@@ -517,8 +518,9 @@ def dynamics_rows(runs: dict[str, Any], teacher: str, out: Path) -> list[str]:
             rows.append(f"| {key} | {seed_of(name)} | {t['reward']} | {t['steps']} | {span('reward')} | "
                         f"{span('frac_reward_zero_std')} | {span('rollout/tool_call_rate')} | "
                         f"{span('rollout/invalid_call_rate')} | {t['cpu_s'] / 3600:.2f} |")
-            plot_dynamics(curves, out / "plots" / f"dynamics-{name}-{safe(key)}.png",
-                          f"{key} ({name})")
+            if plots:
+                plot_dynamics(curves, out / "plots" / f"dynamics-{name}-{safe(key)}.png",
+                              f"{key} ({name})")
     return rows
 
 
@@ -542,18 +544,19 @@ def plot_dynamics(curves: dict[str, list], path: Path, title: str) -> Path:
     for ax, keys, label in zip(axes, panels, titles):
         for key in keys:
             if curves.get(key):
-                ax.plot(steps, [float("nan") if v is None else v for v in curves[key]], label=key,
+                ax.plot(steps, [float("nan") if v is None else v for v in curves[key]], label=key, marker=".",
                         linewidth=2 if key == "reward" else 1)
         ax.set_xlabel("GRPO step")
+        ax.set_ylim(-0.05, 1.15)
         ax.set_title(label, fontsize=9)
         ax.legend(fontsize=6)
     fig.suptitle(title, fontsize=10)
     return save_figure(fig, path)
 
 
-def write_outputs(out: Path) -> None:
-    """``results.json``, ``results.md`` and the plots, from the run directories (under a lock: two processes may
-    share ``out``)."""
+def write_outputs(out: Path, plots: bool = True) -> None:
+    """``results.json``, ``results.md`` and (with ``plots``) the plots, from the run directories, under a lock: two
+    processes may share ``out``."""
     with FileLock(str(out / ".report.lock")):
         runs = collect(out)
         write_json_atomic(out / "results.json", {
@@ -574,9 +577,10 @@ def write_outputs(out: Path) -> None:
             parts += ["### GRPO dynamics (mean of the first 5 → last 5 steps)", "",
                       "| method | seed | reward | steps | reward | frac_reward_zero_std | valid-call rate | "
                       "invalid-call rate | CPU h |", "|---|---|---|---|---|---|---|---|---|",
-                      *dynamics_rows(runs, teacher, out), ""]
+                      *dynamics_rows(runs, teacher, out, plots), ""]
             if pooled:
-                plot_success(pooled, out / "plots" / f"success-{teacher}.png")
+                if plots:
+                    plot_success(pooled, out / "plots" / f"success-{teacher}.png")
                 parts += [f"![success by method and split, {teacher}, seeds pooled](plots/success-{teacher}.png)",
                           ""]
         notes = out / "notes.md"
@@ -667,6 +671,7 @@ def main(argv: list[str] | None = None) -> None:
             if args.sweep:
                 if name == "A":
                     Comparison(args.out, "A", teacher, 0, scale, recipe, bfcl_data).sweep(grid)
+                    write_outputs(args.out)
                 continue
             for seed in args.seeds:
                 log(f"teacher {name}, seed {seed}, {scale_name}, recipe {recipe}")

@@ -72,8 +72,9 @@ class TrainConfig:
     """Every training setting. The defaults train the tiny test student on CPU in seconds.
 
     ``reward`` picks the GRPO reward for ``mentor`` and ``sft+mentor`` (any of ``REWARD_NAMES``: the ablations run
-    by name, also after SFT); ``sparse`` and ``sft+sparse`` always use the sparse reward. ``beta`` is the weight of the KL-to-base loss term, where the
-    base is the model with the adapter disabled (for ``sft+mentor``: the merged SFT model).
+    by name, also after SFT); ``sparse`` and ``sft+sparse`` always use the sparse reward. ``beta`` is the weight of
+    the KL-to-base loss term, where the base is the model with the adapter disabled (for ``sft+*``: the merged SFT
+    model).
     """
 
     method: Method = "mentor"

@@ -2,7 +2,8 @@
 
 import pytest
 
-from mentor_agents.evaluation import bootstrap_ci, comparison_table, paired_bootstrap, evaluate_traces, plot_reward_curve, plot_success
+from mentor_agents.evaluation import (bootstrap_ci, comparison_table, evaluate_traces, paired_bootstrap,
+                                      plot_reward_curve, plot_success)
 from mentor_agents.references import CallReference, RewardReference
 from mentor_agents.traces import ModelStep, ToolCall, Trace, Usage
 

@@ -446,7 +446,8 @@ class ScriptedCalculatorTeacher(ScriptedTeacher):
         request = SYNTHESIS_PROMPT.search(question)
         if request is not None and not bound:
             return AIMessage(content=self._write_requests(int(request["count"]), request["seed"]))
-        found = next(((t, m) for t in IN_DOMAIN + OUT_OF_DOMAIN + OOD_PHRASING if (m := t.pattern.fullmatch(question))), None)
+        templates = IN_DOMAIN + OUT_OF_DOMAIN + OOD_PHRASING
+        found = next(((t, m) for t in templates if (m := t.pattern.fullmatch(question))), None)
         if found is None:
             return AIMessage(content="I cannot solve this with the calculator tools. Answer: unknown")
         template, match = found
