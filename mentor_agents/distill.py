@@ -179,7 +179,8 @@ def distill(
             directory or a GGUF file.
         teacher: a chat model, an `OpenAITeacher`, or None to use the agent's own model.
         traces: an existing trace store (e.g. recorded by ``mentor proxy``) to train from.
-        method: ``mentor`` (or any reward ablation via ``config.train.reward``), ``sft``, ``sparse``, ``sft+mentor``.
+        method: ``mentor`` (or any reward ablation via ``config.train.reward``), ``sft``, ``sparse``,
+            ``sft+sparse``, ``sft+mentor``.
         eval_tasks: held-out in-domain tasks; by default ``config.eval_fraction`` of the tasks, split off first.
         ood_tasks: out-of-domain tasks, evaluated only.
         run_dir: where every stage's files go (default ``runs/distill``).
@@ -275,8 +276,9 @@ def train_method(run: RunState, name: str, train_config: TrainConfig, student: s
                  references: list[RewardReference], adapter: AgentAdapter, resume: bool = True,
                  sft_result: TrainResult | None = None) -> TrainResult:
     """Train ``name`` into ``train/<name>/`` (resuming from its last checkpoint), or load it when a previous call
-    finished it. ``sft+mentor`` starts from ``sft_result`` (the ``sft`` baseline of the same run) when given."""
-    from mentor_agents.training import TrainResult, load_trained, train
+    finished it. ``sft+sparse`` and ``sft+mentor`` start from ``sft_result`` (the ``sft`` baseline of the same run)
+    when given."""
+    from mentor_agents.training import TrainResult, grpo_stage, load_trained, train
 
     config = replace(train_config, method=name, output_dir=str(run.run / "train" / name.replace("+", "_")),
                      resume=resume)
@@ -291,8 +293,8 @@ def train_method(run: RunState, name: str, train_config: TrainConfig, student: s
 
     model, tokenizer = load_student(student)
     result = train(config, model, tokenizer, traces=traces, references=references, rollout_fn=adapter.rollout_fn(),
-                   sft_result=sft_result if name == "sft+mentor" else None)
-    stage = {"sft": "sft", "sparse": "sparse"}.get(name, "mentor")
+                   sft_result=sft_result if name.startswith("sft+") else None)
+    stage = "sft" if name == "sft" else grpo_stage(name)
     run.mark(key, adapter_dir=str(result.adapter_dir), base_model=result.base_model,
              metrics=str(Path(config.output_dir) / stage / "metrics.jsonl"))
     return result

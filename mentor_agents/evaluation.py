@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Hashable, Iterable, Mapping, Sequence
 
 from mentor_agents.references import RewardReference
 from mentor_agents.rewards import same_value
@@ -55,6 +55,31 @@ def bootstrap_ci(values: Sequence[float], samples: int = 2000, seed: int = 0, le
     means = sorted(sum(rng.choices(values, k=n)) / n for _ in range(samples))
     tail = (1 - level) / 2
     return (means[int(tail * samples)], means[min(samples - 1, int((1 - tail) * samples))])
+
+
+@dataclass
+class PairedDifference:
+    """Mean success of model A minus model B over the same tasks, with a paired bootstrap 95% interval."""
+
+    difference: float
+    ci: tuple[float, float]
+    pairs: int
+    a: float
+    """Mean success of A over the paired tasks."""
+    b: float
+
+
+def paired_bootstrap(a: Mapping[Hashable, float], b: Mapping[Hashable, float], samples: int = 2000, seed: int = 0,
+                     level: float = 0.95) -> PairedDifference:
+    """The difference ``mean(a) - mean(b)`` over the keys both have (e.g. ``(seed, task_id)``), with a percentile
+    bootstrap interval that resamples pairs, so task difficulty shared by both models cancels out."""
+    keys = sorted(set(a) & set(b), key=repr)
+    if not keys:
+        raise ValueError("no task is scored for both models: nothing to pair")
+    diffs = [a[k] - b[k] for k in keys]
+    n = len(diffs)
+    return PairedDifference(difference=sum(diffs) / n, ci=bootstrap_ci(diffs, samples, seed, level), pairs=n,
+                            a=sum(a[k] for k in keys) / n, b=sum(b[k] for k in keys) / n)
 
 
 def unparsed_calls(trace: Trace) -> int:

@@ -56,8 +56,15 @@ from mentor_agents.rollouts import Rollout, ScoredRollout
 from mentor_agents.student import load_student, training_chat_template
 from mentor_agents.traces import ModelStep, Trace
 
-Method = Literal["sft", "sparse", "mentor", "sft+mentor"]
-METHODS: tuple[str, ...] = ("sft", "sparse", "mentor", "sft+mentor")
+Method = Literal["sft", "sparse", "mentor", "sft+sparse", "sft+mentor"]
+METHODS: tuple[str, ...] = ("sft", "sparse", "mentor", "sft+sparse", "sft+mentor")
+SFT_FIRST: tuple[str, ...] = ("sft", "sft+sparse", "sft+mentor")
+"""The methods that train SFT first (``sft+*`` then run GRPO from the merged SFT model)."""
+
+
+def grpo_stage(method: str) -> str:
+    """The GRPO stage directory of ``method``: ``sparse`` for the sparse-reward methods, else ``mentor``."""
+    return "sparse" if method in ("sparse", "sft+sparse") else "mentor"
 
 
 @dataclass
@@ -65,8 +72,9 @@ class TrainConfig:
     """Every training setting. The defaults train the tiny test student on CPU in seconds.
 
     ``reward`` picks the GRPO reward for ``mentor`` and ``sft+mentor`` (any of ``REWARD_NAMES``: the ablations run
-    by name); ``sparse`` always uses the sparse reward. ``beta`` is the weight of the KL-to-base loss term, where the
-    base is the model with the adapter disabled (for ``sft+mentor``: the merged SFT model).
+    by name, also after SFT); ``sparse`` and ``sft+sparse`` always use the sparse reward. ``beta`` is the weight of
+    the KL-to-base loss term, where the base is the model with the adapter disabled (for ``sft+*``: the merged SFT
+    model).
     """
 
     method: Method = "mentor"
@@ -137,7 +145,7 @@ class TrainConfig:
     @property
     def reward_fn(self) -> TeacherGuidedReward:
         return TeacherGuidedReward(
-            name="sparse" if self.method == "sparse" else self.reward,
+            name="sparse" if grpo_stage(self.method) == "sparse" else self.reward,
             argument_weight=self.argument_weight, order_weight=self.order_weight,
             efficiency_weight=self.efficiency_weight, max_calls_factor=self.max_calls_factor,
         )
@@ -446,14 +454,14 @@ def train(config: TrainConfig, model: str | os.PathLike[str] | PreTrainedModel,
           references: Sequence[RewardReference] | None = None, held_out: Sequence[RewardReference] | None = None,
           rollout_fn: RolloutFn | None = None, sft_result: TrainResult | None = None) -> TrainResult:
     """Run ``config.method``: ``sft`` on ``traces``; ``sparse`` / ``mentor`` GRPO on ``references`` (built from the
-    correct ``traces`` when not given); ``sft+mentor`` = SFT, merge the adapter into the base, then MENTOR GRPO with
-    a fresh adapter. ``sft_result``, a finished SFT run of the same model, is the warm start of ``sft+mentor``
-    instead of training SFT again. ``held_out`` references are rolled out once each after training
+    correct ``traces`` when not given); ``sft+mentor`` (``sft+sparse``) = SFT, merge the adapter into the base, then
+    MENTOR (sparse) GRPO with a fresh adapter. ``sft_result``, a finished SFT run of the same model, is their warm
+    start instead of training SFT again. ``held_out`` references are rolled out once each after training
     (``eval_metrics``).
     """
     torch.manual_seed(config.seed)
     out = Path(config.output_dir)
-    if config.method in ("sft", "sft+mentor") and not traces:
+    if config.method in SFT_FIRST and not traces:
         raise ValueError(f"method {config.method!r} needs teacher traces")
     if config.method != "sft":
         if rollout_fn is None:
@@ -465,7 +473,7 @@ def train(config: TrainConfig, model: str | os.PathLike[str] | PreTrainedModel,
             raise ValueError("no reward references: give references, or traces with correct verdicts")
 
     sft_metrics: list[dict[str, Any]] = []
-    if config.method in ("sft", "sft+mentor"):
+    if config.method in SFT_FIRST:
         result = sft_result or sft(model, tokenizer, traces, config, out / "sft")
         if config.method == "sft":
             return _evaluated(result, held_out, rollout_fn, config)
@@ -476,8 +484,7 @@ def train(config: TrainConfig, model: str | os.PathLike[str] | PreTrainedModel,
             merge(result, merged)
         state.wait_for_everyone()
         model, tokenizer = str(merged), result.tokenizer
-    result = grpo(model, tokenizer, references, rollout_fn, config,
-                  out / ("sparse" if config.method == "sparse" else "mentor"))
+    result = grpo(model, tokenizer, references, rollout_fn, config, out / grpo_stage(config.method))
     result.sft_metrics = sft_metrics
     return _evaluated(result, held_out, rollout_fn, config)
 

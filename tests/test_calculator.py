@@ -71,6 +71,19 @@ def test_train_and_test_never_share_a_problem_and_ood_needs_new_tool_combination
     assert {"sqrt", "round_number"} <= {name for combo in ood_combos for name in combo}
 
 
+def test_graded_ood_phrasing_reuses_train_combinations_in_new_words_and_dev_is_not_test():
+    train, test = make_tasks(500, "train"), make_tasks(200, "test")
+    train_combos = {tuple(t.metadata["tools"]) for t in train}
+    phrasing = make_tasks(60, "ood_phrasing")
+    assert {tuple(t.metadata["tools"]) for t in phrasing} <= train_combos
+    assert len({tuple(t.metadata["tools"]) for t in phrasing}) >= 10
+    assert {len(t.metadata["tools"]) for t in phrasing} == {1, 2}
+    assert not {t.input.split()[0] for t in phrasing} <= {t.input.split()[0] for t in train}
+    dev = make_tasks(100, "dev")
+    assert not {t.input for t in dev} & {t.input for t in test} and dev[0].id == "dev-0-0"
+    assert {tuple(t.metadata["tools"]) for t in dev} <= train_combos
+
+
 def test_make_tasks_rejects_bad_arguments():
     with pytest.raises(ValueError, match="split must be"):
         make_tasks(3, "validation")
@@ -78,7 +91,7 @@ def test_make_tasks_rejects_bad_arguments():
         make_tasks(-1)
 
 
-@pytest.mark.parametrize("split", ["train", "test", "ood"])
+@pytest.mark.parametrize("split", ["train", "test", "dev", "ood", "ood_phrasing"])
 def test_scripted_teacher_solves_50_tasks_through_create_agent(split):
     agent = build_agent(ScriptedCalculatorTeacher())
     for task in make_tasks(50, split):

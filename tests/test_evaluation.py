@@ -2,7 +2,8 @@
 
 import pytest
 
-from mentor_agents.evaluation import bootstrap_ci, comparison_table, evaluate_traces, plot_reward_curve, plot_success
+from mentor_agents.evaluation import (bootstrap_ci, comparison_table, evaluate_traces, paired_bootstrap,
+                                      plot_reward_curve, plot_success)
 from mentor_agents.references import CallReference, RewardReference
 from mentor_agents.traces import ModelStep, ToolCall, Trace, Usage
 
@@ -63,3 +64,28 @@ def test_table_and_plots(tmp_path):
     assert png.read_bytes()[:4] == b"\x89PNG"
     history = [{"step": i, "reward": 0.1 * i, "reward_std": 0.05, "reward/correct": 0.05 * i} for i in range(1, 6)]
     assert plot_reward_curve(history, tmp_path / "reward.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_paired_bootstrap_excludes_zero_when_one_model_wins_on_the_same_tasks():
+    # Pooled over two seeds, keyed by (seed, task id): B solves 12 tasks per seed, A those and 3 more.
+    b = {(seed, f"t{i}"): float(i < 12) for seed in (0, 1) for i in range(25)}
+    a = {(seed, f"t{i}"): float(i < 15) for seed in (0, 1) for i in range(25)}
+    paired = paired_bootstrap(a, b)
+    assert paired.pairs == 50 and paired.difference == pytest.approx(0.12)
+    assert (paired.a, paired.b) == (pytest.approx(0.6), pytest.approx(0.48))
+    assert 0 < paired.ci[0] < 0.12 < paired.ci[1]
+    # Unpaired, the two intervals overlap: the pairing is what makes the difference visible.
+    assert bootstrap_ci(list(b.values()))[1] > bootstrap_ci(list(a.values()))[0]
+
+
+def test_paired_bootstrap_includes_zero_when_wins_and_losses_balance():
+    a = {f"t{i}": float(i < 10) for i in range(50)}
+    b = {f"t{i}": float(10 <= i < 20) for i in range(50)}
+    paired = paired_bootstrap(a, b)
+    assert paired.difference == 0.0 and paired.ci[0] < 0 < paired.ci[1]
+
+
+def test_paired_bootstrap_pairs_only_shared_tasks_and_refuses_none():
+    assert paired_bootstrap({"x": 1.0, "y": 1.0}, {"y": 0.0, "z": 1.0}).pairs == 1
+    with pytest.raises(ValueError, match="nothing to pair"):
+        paired_bootstrap({"x": 1.0}, {"y": 1.0})

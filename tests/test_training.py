@@ -38,6 +38,7 @@ from mentor_agents.training import (
     rollout_metrics,
     sft,
     sft_dataset,
+    train,
 )
 
 torch.set_num_threads(1)
@@ -289,3 +290,16 @@ def test_config_rejects_unknown_method_and_reward():
         TrainConfig(method="rl")
     with pytest.raises(ValueError, match="reward"):
         TrainConfig(reward="dense")
+
+
+def test_sft_sparse_runs_sparse_grpo_from_the_merged_sft_model_and_ablations_follow_sft(sft_result, traces,
+                                                                                         rollout_fn, workdir):
+    assert TrainConfig(method="sft+sparse", reward="mentor").reward_fn.name == "sparse"
+    assert TrainConfig(method="sft+mentor", reward="no_match").reward_fn.name == "no_match"
+    out = workdir / "sft-sparse"
+    cfg = config(out, method="sft+sparse", steps=1, prompts_per_step=1, num_generations=2)
+    result = train(cfg, sft_result.base_model, traces=traces, rollout_fn=rollout_fn, sft_result=sft_result)
+    assert result.output_dir == out / "sparse" and result.base_model == str(out / "sft" / "merged")
+    rows = [json.loads(line) for line in (out / "sparse" / "rollouts.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and not any("tool_match" in row["breakdown"] for row in rows), rows
+    assert "rewards/sparse/mean" in result.metrics[0], result.metrics[0]

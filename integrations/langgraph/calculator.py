@@ -321,23 +321,64 @@ OUT_OF_DOMAIN = (
               lambda rng: {"a": rng.randint(-10, 25), "b": rng.randint(-10, 35)}),
 )
 
+# New phrasings (stories) of tool combinations that train has: out of domain in wording only. Graded against
+# OUT_OF_DOMAIN, whose stories also need tool combinations train never has.
+OOD_PHRASING = (
+    _Template("Tom has {a} apples and buys {b} more. How many apples does he have now?", ("add(a=a, b=b)",),
+              lambda a, b: a + b, _ab(2, 500)),
+    _Template("A shop had {a} chairs and sold {b} of them. How many chairs are left?", ("subtract(a=a, b=b)",),
+              lambda a, b: a - b, lambda rng: {"a": rng.randint(100, 900), "b": rng.randint(1, 99)}),
+    _Template("Each box holds {a} pencils. How many pencils are there in {b} boxes?", ("multiply(a=a, b=b)",),
+              lambda a, b: a * b, _ab(2, 60)),
+    _Template("{a} cookies are shared equally among {b} children. How many cookies does each child get?",
+              ("divide(a=a, b=b)",), lambda a, b: a / b, _exact_division),
+    _Template("A hiker walked {nums} kilometers on successive days. How many kilometers did she walk in total?",
+              ("sum_numbers(numbers=nums)",), lambda nums: sum(nums),
+              lambda rng: {"nums": _ints(rng, 3, 40, rng.randint(3, 6))}),
+    _Template("A parcel weighs {x} kilograms and the post office charges for every started kilogram. How many "
+              "kilograms are charged?", ("ceil(x=x)",), lambda x: math.ceil(x), lambda rng: {"x": _dec(rng, 1, 60)}),
+    _Template("A board is {x} meters long. How many whole meters long is it, dropping the fraction?", ("floor(x=x)",),
+              lambda x: math.floor(x), lambda rng: {"x": _dec(rng, 1, 90)}),
+    _Template("A square field has an area of {x} square meters. How long is one side in meters?", ("sqrt(x=x)",),
+              lambda x: math.sqrt(x), lambda rng: {"x": rng.randint(2, 300) ** 2}),
+    _Template("{a} eggs are packed into cartons of {b}. How many eggs are left over?", ("modulo(a=a, b=b)",),
+              lambda a, b: a % b, lambda rng: {"a": rng.randint(20, 999), "b": rng.randint(3, 19)}),
+    _Template("A class has {a} girls and {b} boys, and every student needs {c} notebooks. How many notebooks does "
+              "the class need?", ("add(a=a, b=b)", "multiply(a=#0, b=c)"), lambda a, b, c: (a + b) * c, _abc()),
+    _Template("{a} workers each earn {b} dollars a day, and the manager gets {c} dollars. How much is paid in total "
+              "for the day?", ("multiply(a=a, b=b)", "add(a=#0, b=c)"), lambda a, b, c: a * b + c, _abc()),
+    _Template("A club collected {a} dollars and spent {b} dollars. The rest is split equally among {c} members. How "
+              "much does each member get?", ("subtract(a=a, b=b)", "divide(a=#0, b=c)"),
+              lambda a, b, c: (a - b) / c, _difference_over),
+    _Template("One thermometer reads {a} degrees and another reads {b} degrees. How many degrees apart are they?",
+              ("subtract(a=a, b=b)", "abs_value(x=#0)"), lambda a, b: abs(a - b),
+              lambda rng: {"a": rng.randint(1, 50), "b": rng.randint(51, 150)}),
+)
+
+
+SPLITS = ("train", "test", "dev", "ood", "ood_phrasing")
+
 
 def _split_of(question: str) -> Literal["train", "test"]:
     return "test" if int(hashlib.sha256(question.encode()).hexdigest(), 16) % 5 == 0 else "train"
 
 
-def make_tasks(n: int, split: Literal["train", "test", "ood"] = "train", seed: int = 0) -> list[Task]:
+def make_tasks(n: int, split: Literal["train", "test", "dev", "ood", "ood_phrasing"] = "train",
+               seed: int = 0) -> list[Task]:
     """``n`` distinct calculator word problems with numeric ground truth; the same arguments give the same tasks.
 
-    ``train`` and ``test`` share templates (one or two dependent steps, 1-3 tool calls) but never a problem;
-    ``ood`` problems are stories that need tool combinations absent from train. Task ids are ``f"{split}-{seed}-{i}"``.
+    ``train`` and ``test`` share templates (one or two dependent steps, 1-3 tool calls) but never a problem; ``dev``
+    draws train-side problems from a stream of its own (for tuning a recipe without touching test; drop any that
+    are in your train set). Out of domain, graded: ``ood_phrasing`` problems are stories that need tool combinations
+    train has, ``ood`` stories need tool combinations absent from train. Task ids are ``f"{split}-{seed}-{i}"``.
     """
-    if split not in ("train", "test", "ood"):
-        raise ValueError(f"split must be 'train', 'test' or 'ood', got {split!r}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     if n < 0:
         raise ValueError(f"n must be non-negative, got {n}")
     rng = random.Random(f"calculator-{split}-{seed}")
-    templates = list(OUT_OF_DOMAIN if split == "ood" else IN_DOMAIN)
+    templates = list({"ood": OUT_OF_DOMAIN, "ood_phrasing": OOD_PHRASING}.get(split, IN_DOMAIN))
+    hashed = {"train": "train", "dev": "train", "test": "test"}.get(split)
     rng.shuffle(templates)
     tasks: list[Task] = []
     seen: set[str] = set()
@@ -349,7 +390,7 @@ def make_tasks(n: int, split: Literal["train", "test", "ood"] = "train", seed: i
             template = templates[i % len(templates)]
             for _ in range(200):
                 candidate = template.render(template.draw(rng))
-                if candidate not in seen and (split == "ood" or _split_of(candidate) == split):
+                if candidate not in seen and (hashed is None or _split_of(candidate) == hashed):
                     question = candidate
                     break
             else:  # this template has (nearly) run out of distinct problems
@@ -405,7 +446,8 @@ class ScriptedCalculatorTeacher(ScriptedTeacher):
         request = SYNTHESIS_PROMPT.search(question)
         if request is not None and not bound:
             return AIMessage(content=self._write_requests(int(request["count"]), request["seed"]))
-        found = next(((t, m) for t in IN_DOMAIN + OUT_OF_DOMAIN if (m := t.pattern.fullmatch(question))), None)
+        templates = IN_DOMAIN + OUT_OF_DOMAIN + OOD_PHRASING
+        found = next(((t, m) for t in templates if (m := t.pattern.fullmatch(question))), None)
         if found is None:
             return AIMessage(content="I cannot solve this with the calculator tools. Answer: unknown")
         template, match = found

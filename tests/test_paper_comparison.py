@@ -1,0 +1,59 @@
+"""The comparison script (examples/paper_comparison.py) end to end in its --quick mode on the tiny student: every
+split, the warm-started RL methods, the recipe sweep on the dev split, the paired tables, and --report-only."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).parents[1] / "examples" / "paper_comparison.py"
+METHODS = ["untrained", "sft", "sft+sparse", "sft+mentor", "sft+no_match", "mentor"]
+
+
+def script():
+    spec = importlib.util.spec_from_file_location("paper_comparison", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_quick_comparison_runs_every_method_and_split_and_reports_paired_differences(tmp_path):
+    comparison = script()
+    comparison.main(["--quick", "--out", str(tmp_path), "--methods", *METHODS])
+    comparison.main(["--quick", "--out", str(tmp_path), "--sweep"])
+    run = json.loads((tmp_path / "results.json").read_text())["runs"]["teacherA-seed0"]
+    evaluation = run["evaluation"]
+    for method in METHODS:
+        assert set(evaluation[method]) == set(comparison.SPLITS), method
+        assert run["cpu_hours"][method] > 0, method
+    for split in comparison.SPLITS:  # the same seeded tasks for every model
+        assert len({tuple(sorted(evaluation[m][split]["outcomes"])) for m in METHODS}) == 1, split
+    training = run["training"]
+    assert {training[m]["method"] for m in ("sft+sparse", "sft+mentor", "sft+no_match")} == {"sft+sparse",
+                                                                                         "sft+mentor"}
+    assert [training[m]["reward"] for m in ("sft+sparse", "sft+no_match", "mentor")] == ["sparse", "no_match",
+                                                                                       "mentor"]
+    for method in ("sft+sparse", "sft+mentor", "mentor"):
+        curves = training[method]["curves"]
+        assert set(comparison.DYNAMICS) <= set(curves), curves.keys()
+        assert (tmp_path / "plots" / f"dynamics-teacherA-seed0-{comparison.safe(method)}.png").is_file()
+    assert (tmp_path / "plots" / "success-teacherA.png").is_file()
+
+    report = (tmp_path / "results.md").read_text()
+    for a, b in comparison.PAIRS:
+        for split in comparison.SPLITS:
+            assert f"| {a} − {b} | {split} |" in report, (a, b, split)
+    # The sweep trains from the same SFT model and is scored on dev only, never on test, and stays out of the tables.
+    state = json.loads((tmp_path / "runs" / "teacherA-seed0" / "state.json").read_text())["done"]
+    sweep_evals = [k for k in state if k.startswith("eval:sweep/")]
+    assert len(sweep_evals) == 2 and all(k.endswith(":dev") for k in sweep_evals)
+    assert "sweep" not in report and (tmp_path / "sweep.md").read_text().count("| lr=") == 2
+
+    (tmp_path / "results.md").unlink()
+    comparison.main(["--report-only", "--out", str(tmp_path)])
+    assert json.loads((tmp_path / "results.json").read_text())["runs"]["teacherA-seed0"] == run
+    assert (tmp_path / "results.md").read_text() == report
