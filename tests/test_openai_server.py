@@ -213,6 +213,8 @@ def test_bad_requests_get_openai_style_errors(base_url, body, status, param):
 def test_malformed_and_oversized_bodies(base_url):
     url = f"{base_url}/chat/completions"
     assert error_of(httpx.post(url, content=b"[" * 19_000), 400)["message"]  # was a RecursionError
+    curl = httpx.post(url, content=json.dumps(HI), headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert curl.status_code == 200  # `curl -d` sends JSON with a form type
     assert error_of(httpx.post(url, content=b'{"model": "test-model", "messages": [{"role": "user", "content": '
                                             b'"\\ud800"}]}'), 400)["message"]
     assert error_of(httpx.post(url, content=b"{not json"), 400)["code"] == "invalid_json"

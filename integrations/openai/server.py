@@ -121,8 +121,15 @@ class ChatCompletionRequest(RequestPart):
 
     @model_validator(mode="before")
     @classmethod
-    def unicode_only(cls, data: Any) -> Any:
-        check_encodable(data)
+    def json_object(cls, data: Any) -> Any:
+        # FastAPI hands over the raw bytes when the Content-Type is not JSON (curl -d sends a form type).
+        if isinstance(data, (bytes, str)):
+            try:
+                data = json.loads(data)
+            except (ValueError, RecursionError) as e:
+                raise ValueError(f"not valid JSON ({type(e).__name__}: {e})") from None
+        if isinstance(data, dict):
+            check_encodable(data)
         return data
 
 
