@@ -28,23 +28,41 @@ def add_proxy(subparsers: argparse._SubParsersAction) -> None:
                    help="name of the environment variable holding the upstream API key (default: forward the "
                         "client's Authorization header)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for each upstream answer")
+    p.add_argument("--api-key-env", metavar="VAR",
+                   help="environment variable holding the key clients must send as a Bearer token (required to bind "
+                        "beyond loopback; the client's header is then not forwarded)")
     p.set_defaults(func=run_proxy)
 
 
-def run_proxy(args: argparse.Namespace) -> int:
-    from mentor_agents.integrations.openai.proxy import create_proxy_app
-    from mentor_agents.integrations.openai.server import serve
+def env_key(flag: str, var: str | None) -> str | None:
+    """The value of the environment variable a ``--*-env`` flag names; an error when it is unset or empty."""
+    if not var:
+        return None
+    value = os.environ.get(var)
+    if not value:
+        raise SystemExit(f"{flag} {var}: that environment variable is not set or empty")
+    return value
 
-    key = None
-    if args.upstream_api_key_env:
-        key = os.environ.get(args.upstream_api_key_env)
-        if not key:
-            raise SystemExit(f"mentor proxy: --upstream-api-key-env {args.upstream_api_key_env}: "
-                             "that environment variable is not set or empty")
+
+def check_port(port: int) -> None:
+    if not 0 < port < 65536:
+        raise SystemExit(f"--port {port}: a port is a number from 1 to 65535")
+
+
+def run_proxy(args: argparse.Namespace) -> int:
+    from mentor_agents.integrations.openai.proxy import create_proxy_app, without_userinfo
+    from mentor_agents.integrations.openai.server import is_loopback, serve
+
+    check_port(args.port)
+    key = env_key("--upstream-api-key-env", args.upstream_api_key_env)
+    client_key = env_key("--api-key-env", args.api_key_env)
+    if not is_loopback(args.host) and client_key is None:
+        raise SystemExit(f"refusing to bind {args.host} without a client key (--api-key-env VAR): anyone reaching "
+                         "the proxy could use the upstream and add traces that get trained on")
     app = create_proxy_app(args.upstream, args.store, lenient=args.lenient, upstream_api_key=key,
-                           timeout_s=args.timeout, partial_store=args.partial_store)
-    print(f"mentor proxy: http://{args.host}:{args.port}/v1 -> {args.upstream}, recording to {args.store}",
-          file=sys.stderr)
+                           timeout_s=args.timeout, partial_store=args.partial_store, api_key=client_key)
+    print(f"mentor proxy: http://{args.host}:{args.port}/v1 -> {without_userinfo(args.upstream)}, recording to "
+          f"{args.store}", file=sys.stderr)
     serve(app, host=args.host, port=args.port)
     return 0
 
@@ -76,11 +94,8 @@ def run_serve(args: argparse.Namespace) -> int:
     path = Path(args.model_dir)
     if not path.exists():
         raise SystemExit(f"mentor serve: {path}: no such directory")
-    key = None
-    if args.api_key_env:
-        key = os.environ.get(args.api_key_env)
-        if not key:
-            raise SystemExit(f"mentor serve: --api-key-env {args.api_key_env}: that environment variable is not set")
+    check_port(args.port)
+    key = env_key("--api-key-env", args.api_key_env)
     from mentor_agents.integrations.langgraph.student_model import StudentChatModel
     from mentor_agents.integrations.openai.server import create_app, is_loopback, serve
 
