@@ -102,8 +102,16 @@ def run_serve(args: argparse.Namespace) -> int:
     if not is_loopback(args.host) and key is None:
         raise SystemExit(f"mentor serve: refusing to bind {args.host} without an API key (--api-key-env VAR)")
     name = args.model_name or path.resolve().name
-    source = path / "adapter" if args.adapter and (path / "adapter").is_dir() else path
-    model = StudentChatModel.from_pretrained(str(source), model_name=name, max_new_tokens=args.max_new_tokens)
+    if args.adapter and not (path / "adapter").is_dir():
+        raise SystemExit(f"mentor serve: --adapter: {path} has no adapter/ directory")
+    source = path / "adapter" if args.adapter else path
+    from safetensors import SafetensorError
+
+    try:
+        model = StudentChatModel.from_pretrained(str(source), model_name=name, max_new_tokens=args.max_new_tokens)
+    except (OSError, ValueError, SafetensorError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SystemExit(f"mentor serve: cannot load the model from {source}: {reason}") from None
     app = create_app(model, name, api_key=key, max_concurrency=args.concurrency)
     print(f"mentor serve: http://{args.host}:{args.port}/v1 serving {name!r} from {path}", file=sys.stderr)
     serve(app, host=args.host, port=args.port)
@@ -139,10 +147,22 @@ def load_agent(spec: str) -> object:
         raise SystemExit(f"agent {spec!r}: expected 'calculator' or MODULE:ATTR, e.g. my_app.agents:graph")
     module_name, attr = spec.split(":", 1)
     try:
-        obj = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as e:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
         raise SystemExit(f"agent {spec!r}: {e}") from None
-    return obj if hasattr(obj, "invoke") else obj()
+    except SyntaxError as e:
+        raise SystemExit(f"agent {spec!r}: {e.filename}:{e.lineno}: syntax error: {e.msg}") from None
+    except Exception as e:  # the user's module failed while importing: say where, not a traceback of ours
+        raise SystemExit(f"agent {spec!r}: importing {module_name} raised {type(e).__name__}: {e}") from None
+    if not hasattr(module, attr):
+        raise SystemExit(f"agent {spec!r}: module {module_name} has no attribute {attr!r}")
+    obj = getattr(module, attr)
+    if hasattr(obj, "invoke"):
+        return obj
+    if not callable(obj):
+        raise SystemExit(f"agent {spec!r}: {attr} is a {type(obj).__name__}, not a compiled LangGraph graph or a "
+                         "function returning one")
+    return obj()
 
 
 def teacher_of(args: argparse.Namespace) -> object:
@@ -158,10 +178,20 @@ def teacher_of(args: argparse.Namespace) -> object:
 
 def tasks_argument(args: argparse.Namespace, name: str, split: str, default: int) -> list | None:
     path, count = getattr(args, f"{name}_file"), getattr(args, f"num_{name}")
+    flag = f"--{name}-file" if name != "tasks" else "--tasks-file"
     if path:
         from mentor_agents.tasks import read_tasks
 
-        return read_tasks(path)
+        if not os.path.isfile(path):
+            raise SystemExit(f"{flag} {path}: " + ("is a directory" if os.path.isdir(path) else "no such file"))
+        try:
+            tasks = read_tasks(path)
+        except UnicodeDecodeError:
+            raise SystemExit(f"{flag} {path}: not a UTF-8 text file; give JSONL tasks, one object per line") from None
+        if not tasks:
+            # Without tasks the teacher would write and run its own: real spend on a paid endpoint.
+            raise SystemExit(f"{flag} {path}: the file has no tasks")
+        return tasks
     if args.agent in BUILTIN_AGENTS and (count or default):
         import importlib
 
@@ -231,7 +261,9 @@ def add_train(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--sft-lr", type=float, help="SFT learning rate")
     p.add_argument("--num-generations", type=int, help="rollouts per task in a GRPO group")
     p.add_argument("--prompts-per-step", type=int, help="tasks per GRPO step")
-    p.add_argument("--save-steps", type=int, help="checkpoint every N steps")
+    p.add_argument("--save-steps", type=int, default=5,
+                   help="checkpoint every N optimizer steps, so a killed run resumes (default 5: at most 4 steps are "
+                        "redone, and the two newest checkpoints are kept; 0: no checkpoints)")
     p.set_defaults(func=run_train)
 
 
@@ -304,7 +336,7 @@ def run_eval(args: argparse.Namespace) -> int:
     adapter = adapter_for(load_agent(args.agent))
     models = {"teacher": adapter.teacher_model(teacher_of(args)),
               "untrained student": adapter.student_model(*load_student(args.student))}
-    trained = {key.split(":", 1)[1]: info for key, info in run.done.items() if key.startswith("train:")}
+    trained = {key.split(":", 1)[1]: run.info(key) for key in run.done if key.startswith("train:")}
     for name, info in trained.items():
         models[name] = adapter.student_model(*load_trained(info["adapter_dir"], info["base_model"]))
     config = distill_config(args)
@@ -396,7 +428,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (FileNotFoundError, PermissionError, ValueError, RuntimeError, TypeError) as e:
+    except (OSError, ValueError, RuntimeError, TypeError) as e:
         print(f"mentor {args.command}: error: {e}", file=sys.stderr)
         return 1
 
