@@ -30,6 +30,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, Literal
 
 import uvicorn
 from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import (
@@ -40,7 +41,6 @@ from langchain_core.messages import (
     SystemMessage,
     ToolMessage,
 )
-from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
