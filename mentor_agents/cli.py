@@ -28,23 +28,41 @@ def add_proxy(subparsers: argparse._SubParsersAction) -> None:
                    help="name of the environment variable holding the upstream API key (default: forward the "
                         "client's Authorization header)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for each upstream answer")
+    p.add_argument("--api-key-env", metavar="VAR",
+                   help="environment variable holding the key clients must send as a Bearer token (required to bind "
+                        "beyond loopback; the client's header is then not forwarded)")
     p.set_defaults(func=run_proxy)
 
 
-def run_proxy(args: argparse.Namespace) -> int:
-    from mentor_agents.integrations.openai.proxy import create_proxy_app
-    from mentor_agents.integrations.openai.server import serve
+def env_key(flag: str, var: str | None) -> str | None:
+    """The value of the environment variable a ``--*-env`` flag names; an error when it is unset or empty."""
+    if not var:
+        return None
+    value = os.environ.get(var)
+    if not value:
+        raise SystemExit(f"{flag} {var}: that environment variable is not set or empty")
+    return value
 
-    key = None
-    if args.upstream_api_key_env:
-        key = os.environ.get(args.upstream_api_key_env)
-        if not key:
-            raise SystemExit(f"mentor proxy: --upstream-api-key-env {args.upstream_api_key_env}: "
-                             "that environment variable is not set or empty")
+
+def check_port(port: int) -> None:
+    if not 0 < port < 65536:
+        raise SystemExit(f"--port {port}: a port is a number from 1 to 65535")
+
+
+def run_proxy(args: argparse.Namespace) -> int:
+    from mentor_agents.integrations.openai.proxy import create_proxy_app, without_userinfo
+    from mentor_agents.integrations.openai.server import is_loopback, serve
+
+    check_port(args.port)
+    key = env_key("--upstream-api-key-env", args.upstream_api_key_env)
+    client_key = env_key("--api-key-env", args.api_key_env)
+    if not is_loopback(args.host) and client_key is None:
+        raise SystemExit(f"refusing to bind {args.host} without a client key (--api-key-env VAR): anyone reaching "
+                         "the proxy could use the upstream and add traces that get trained on")
     app = create_proxy_app(args.upstream, args.store, lenient=args.lenient, upstream_api_key=key,
-                           timeout_s=args.timeout, partial_store=args.partial_store)
-    print(f"mentor proxy: http://{args.host}:{args.port}/v1 -> {args.upstream}, recording to {args.store}",
-          file=sys.stderr)
+                           timeout_s=args.timeout, partial_store=args.partial_store, api_key=client_key)
+    print(f"mentor proxy: http://{args.host}:{args.port}/v1 -> {without_userinfo(args.upstream)}, recording to "
+          f"{args.store}", file=sys.stderr)
     serve(app, host=args.host, port=args.port)
     return 0
 
@@ -79,24 +97,28 @@ def run_serve(args: argparse.Namespace) -> int:
     path = Path(args.model_dir)
     if not path.exists():
         raise SystemExit(f"mentor serve: {path}: no such directory")
-    key = None
-    if args.api_key_env:
-        key = os.environ.get(args.api_key_env)
-        if not key:
-            raise SystemExit(f"mentor serve: --api-key-env {args.api_key_env}: that environment variable is not set")
+    check_port(args.port)
+    key = env_key("--api-key-env", args.api_key_env)
     from mentor_agents.integrations.langgraph.student_model import StudentChatModel
     from mentor_agents.integrations.openai.server import create_app, is_loopback, serve
     from mentor_agents.prefix_cache import PrefixCache
+    from safetensors import SafetensorError
 
     if args.prefix_cache_mb < 0:
         raise SystemExit(f"mentor serve: --prefix-cache-mb must be 0 (off) or more, got {args.prefix_cache_mb}")
     if not is_loopback(args.host) and key is None:
         raise SystemExit(f"mentor serve: refusing to bind {args.host} without an API key (--api-key-env VAR)")
     name = args.model_name or path.resolve().name
-    source = path / "adapter" if args.adapter and (path / "adapter").is_dir() else path
+    if args.adapter and not (path / "adapter").is_dir():
+        raise SystemExit(f"mentor serve: --adapter: {path} has no adapter/ directory")
+    source = path / "adapter" if args.adapter else path
     cache = PrefixCache(args.prefix_cache_mb << 20) if args.prefix_cache_mb > 0 else None
-    model = StudentChatModel.from_pretrained(str(source), model_name=name, max_new_tokens=args.max_new_tokens,
-                                             prefix_cache=cache)
+    try:
+        model = StudentChatModel.from_pretrained(str(source), model_name=name, max_new_tokens=args.max_new_tokens,
+                                                 prefix_cache=cache)
+    except (OSError, ValueError, SafetensorError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SystemExit(f"mentor serve: cannot load the model from {source}: {reason}") from None
     app = create_app(model, name, api_key=key, max_concurrency=args.concurrency)
     print(f"mentor serve: http://{args.host}:{args.port}/v1 serving {name!r} from {path}", file=sys.stderr)
     serve(app, host=args.host, port=args.port)
@@ -132,10 +154,22 @@ def load_agent(spec: str) -> object:
         raise SystemExit(f"agent {spec!r}: expected 'calculator' or MODULE:ATTR, e.g. my_app.agents:graph")
     module_name, attr = spec.split(":", 1)
     try:
-        obj = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as e:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
         raise SystemExit(f"agent {spec!r}: {e}") from None
-    return obj if hasattr(obj, "invoke") else obj()
+    except SyntaxError as e:
+        raise SystemExit(f"agent {spec!r}: {e.filename}:{e.lineno}: syntax error: {e.msg}") from None
+    except Exception as e:  # the user's module failed while importing: say where, not a traceback of ours
+        raise SystemExit(f"agent {spec!r}: importing {module_name} raised {type(e).__name__}: {e}") from None
+    if not hasattr(module, attr):
+        raise SystemExit(f"agent {spec!r}: module {module_name} has no attribute {attr!r}")
+    obj = getattr(module, attr)
+    if hasattr(obj, "invoke"):
+        return obj
+    if not callable(obj):
+        raise SystemExit(f"agent {spec!r}: {attr} is a {type(obj).__name__}, not a compiled LangGraph graph or a "
+                         "function returning one")
+    return obj()
 
 
 def teacher_of(args: argparse.Namespace) -> object:
@@ -151,10 +185,20 @@ def teacher_of(args: argparse.Namespace) -> object:
 
 def tasks_argument(args: argparse.Namespace, name: str, split: str, default: int) -> list | None:
     path, count = getattr(args, f"{name}_file"), getattr(args, f"num_{name}")
+    flag = f"--{name}-file" if name != "tasks" else "--tasks-file"
     if path:
         from mentor_agents.tasks import read_tasks
 
-        return read_tasks(path)
+        if not os.path.isfile(path):
+            raise SystemExit(f"{flag} {path}: " + ("is a directory" if os.path.isdir(path) else "no such file"))
+        try:
+            tasks = read_tasks(path)
+        except UnicodeDecodeError:
+            raise SystemExit(f"{flag} {path}: not a UTF-8 text file; give JSONL tasks, one object per line") from None
+        if not tasks:
+            # Without tasks the teacher would write and run its own: real spend on a paid endpoint.
+            raise SystemExit(f"{flag} {path}: the file has no tasks")
+        return tasks
     if args.agent in BUILTIN_AGENTS and (count or default):
         import importlib
 
@@ -224,7 +268,9 @@ def add_train(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--sft-lr", type=float, help="SFT learning rate")
     p.add_argument("--num-generations", type=int, help="rollouts per task in a GRPO group")
     p.add_argument("--prompts-per-step", type=int, help="tasks per GRPO step")
-    p.add_argument("--save-steps", type=int, help="checkpoint every N steps")
+    p.add_argument("--save-steps", type=int, default=5,
+                   help="checkpoint every N optimizer steps, so a killed run resumes (default 5: at most 4 steps are "
+                        "redone, and the two newest checkpoints are kept; 0: no checkpoints)")
     p.add_argument("--report-to", help="experiment tracker: trackio (local, offline), tensorboard or wandb")
     p.set_defaults(func=run_train)
 
@@ -298,7 +344,7 @@ def run_eval(args: argparse.Namespace) -> int:
     adapter = adapter_for(load_agent(args.agent))
     models = {"teacher": adapter.teacher_model(teacher_of(args)),
               "untrained student": adapter.student_model(*load_student(args.student))}
-    trained = {key.split(":", 1)[1]: info for key, info in run.done.items() if key.startswith("train:")}
+    trained = {key.split(":", 1)[1]: run.info(key) for key in run.done if key.startswith("train:")}
     for name, info in trained.items():
         models[name] = adapter.student_model(*load_trained(info["adapter_dir"], info["base_model"]))
     config = distill_config(args)
@@ -442,7 +488,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (FileNotFoundError, PermissionError, ValueError, RuntimeError, TypeError) as e:
+    except (OSError, ValueError, RuntimeError, TypeError) as e:
         print(f"mentor {args.command}: error: {e}", file=sys.stderr)
         return 1
 

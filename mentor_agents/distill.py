@@ -284,7 +284,7 @@ def train_method(run: RunState, name: str, train_config: TrainConfig, student: s
                      resume=resume)
     key = f"train:{name}"
     if key in run.done:
-        info = run.done[key]
+        info = run.info(key)
         model, tokenizer = load_trained(info["adapter_dir"], info["base_model"])
         return TrainResult(method=name, output_dir=Path(config.output_dir), adapter_dir=Path(info["adapter_dir"]),
                            base_model=info["base_model"], model=model, tokenizer=tokenizer,
@@ -458,19 +458,39 @@ class RunState:
     def open(cls, run_dir: str | os.PathLike[str], resume: bool = True) -> RunState:
         """The run directory's state; with ``resume=False`` every stage runs again (files are overwritten)."""
         run = Path(run_dir)
+        if run.exists() and not run.is_dir():
+            raise ValueError(f"run directory {run} is a file; give a directory (it is created if missing)")
         run.mkdir(parents=True, exist_ok=True)
         path = run / "state.json"
         if not resume or not path.exists():
             return cls(run)
-        data = json.loads(path.read_text())
+        try:
+            data = json.loads(path.read_text())
+        except (ValueError, RecursionError) as e:
+            raise ValueError(f"{path}: not valid JSON ({e}); delete it to run every stage again") from None
+        if not isinstance(data, dict) or not isinstance(data.get("done", {}), dict):
+            raise ValueError(f"{path}: not a run state (expected {{\"version\": {cls.VERSION}, \"done\": {{...}}}})")
         if data.get("version") != cls.VERSION:
             raise RuntimeError(f"{path} was written by an incompatible mentor_agents (state version "
                                f"{data.get('version')!r}, this one reads {cls.VERSION}); use a new run_dir")
-        return cls(run, data["done"])
+        return cls(run, data.get("done", {}))
 
     def mark(self, stage: str, **info: Any) -> None:
-        self.done[stage] = info or True
+        """Record ``stage`` as finished; paths inside the run directory in ``info`` are stored relative to it, so
+        the directory still works when moved or opened from another working directory."""
+        self.done[stage] = {key: self.relative(value) for key, value in info.items()} or True
         write_json_atomic(self.run / "state.json", {"version": self.VERSION, "done": self.done})
+
+    def relative(self, value: Any) -> Any:
+        if not isinstance(value, (str, os.PathLike)):
+            return value
+        path, run = Path(value).resolve(), self.run.resolve()
+        return str(path.relative_to(run)) if path.is_relative_to(run) else str(value)
+
+    def info(self, stage: str) -> dict[str, Any]:
+        """What `mark` stored for ``stage``, with its paths inside the run directory made whole again."""
+        return {key: str(self.run / value) if isinstance(value, str) and (self.run / value).exists() else value
+                for key, value in self.done[stage].items()}
 
     def save_tasks(self, splits: dict[str, list[Task]]) -> None:
         write_json_atomic(self.run / "tasks.json", {

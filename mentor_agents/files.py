@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import tempfile
@@ -36,11 +37,30 @@ def save_dir_atomically(out: Path, save: Callable[[Path], None]) -> None:
 
 
 def replace_dir(new: Path, target: Path) -> None:
-    """Move ``new`` to ``target``; an existing ``target`` is swapped out first and removed only afterwards."""
+    """Move ``new`` to ``target``; an existing ``target`` is first renamed to ``.<name>.old-<pid>`` and removed
+    only afterwards. A failed second rename puts it back; a kill between the renames leaves it for `recover_dir`."""
+    recover_dir(target)
     old = None
     if target.exists():
         old = target.with_name(f".{target.name}.old-{os.getpid()}")
         os.replace(target, old)
-    os.replace(new, target)
+    try:
+        os.replace(new, target)
+    except BaseException:
+        if old is not None:
+            os.replace(old, target)
+        raise
     if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_dir(target: str | os.PathLike[str]) -> None:
+    """Undo a `replace_dir` killed between its two renames: a missing ``target`` gets back its swapped-out
+    ``.<name>.old-<pid>`` copy (the newest, if several); leftover copies beside a present ``target`` are removed.
+    Readers of directories written by `replace_dir` call this before opening them."""
+    target = Path(target)
+    olds = sorted(target.parent.glob(f".{glob.escape(target.name)}.old-*"), key=lambda p: p.stat().st_mtime)
+    if olds and not target.exists():
+        os.replace(olds.pop(), target)
+    for old in olds:
         shutil.rmtree(old, ignore_errors=True)

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mentor_agents.files import recover_dir
 from mentor_agents.toolcalls import InvalidCall, ParsedCall, as_call, parse_tool_calls
 
 import trl
@@ -355,6 +356,9 @@ def load_student(
 
     adapter_dir = Path(adapter).expanduser() if adapter is not None else None
     as_dir = Path(str(name)).expanduser()
+    for directory in (adapter_dir, as_dir):
+        if directory is not None and directory.parent.is_dir():
+            recover_dir(directory)
     if adapter_dir is None and (as_dir / "adapter_config.json").is_file() and not (as_dir / "config.json").is_file():
         adapter_dir = as_dir
         name = json.loads((as_dir / "adapter_config.json").read_text())["base_model_name_or_path"]

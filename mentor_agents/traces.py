@@ -14,8 +14,9 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Iterator, Literal, TypeVar
+from typing import Annotated, Any, BinaryIO, Iterator, Literal, TypeVar
 
+from filelock import FileLock
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mentor_agents.files import write_text_atomic
@@ -163,8 +164,9 @@ class TraceStore:
     """An append-only JSONL file of traces.
 
     Each `append` writes one whole line and fsyncs it, so a killed process loses at most the trace it was writing.
-    A partial last line left by such a kill is moved aside to ``<path>.partial`` when the store is next opened for
-    writing, so new lines never run into it.
+    A partial last line left by such a kill is moved aside to ``<path>.partial`` by the next append, so new lines
+    never run into it. Appends hold a file lock (``<path>.lock``), so several processes and threads can share one
+    store: another writer's unfinished line is never taken for a partial tail.
     """
 
     def __init__(self, path: str | os.PathLike[str]):
@@ -176,36 +178,47 @@ class TraceStore:
         return f"TraceStore({str(self.path)!r})"
 
     def append(self, trace: Trace) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._set_aside_partial_tail()
         data = (trace.model_dump_json() + "\n").encode()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            written = os.write(fd, data)
-            if written != len(data):
-                raise OSError(errno.EIO, f"short write ({written} of {len(data)} bytes)")
-            os.fsync(fd)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with FileLock(self.path.with_name(self.path.name + ".lock")):
+                self._repair_tail()
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                try:
+                    written = os.write(fd, data)
+                    if written != len(data):
+                        raise OSError(errno.EIO, f"short write ({written} of {len(data)} bytes)")
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
         except OSError as e:
             raise OSError(e.errno, f"{self.path}: could not append trace of task {trace.task_id!r}: {e.strerror}") from e
-        finally:
-            os.close(fd)
 
-    def _set_aside_partial_tail(self) -> None:
+    def _repair_tail(self) -> None:
+        """Under the append lock: end a last line that lacks its newline. A whole record (written by another tool)
+        gets the newline; anything else is a kill's partial line and moves to ``<path>.partial``."""
         if not self.path.exists() or self.path.stat().st_size == 0:
             return
         with open(self.path, "rb+") as f:
             f.seek(-1, os.SEEK_END)
             if f.read(1) == b"\n":
                 return
-            f.seek(0)
-            data = f.read()
-            cut = data.rfind(b"\n") + 1
-            with open(self.path.with_name(self.path.name + ".partial"), "ab") as aside:
-                aside.write(data[cut:] + b"\n")
-            f.truncate(cut)
+            cut = last_line_start(f)
+            f.seek(cut)
+            tail = f.read()
+            try:
+                parse_line(tail.decode("utf-8"), Trace, self.path, 0)
+            except (UnicodeDecodeError, TraceFileError):
+                with open(self.path.with_name(self.path.name + ".partial"), "ab") as aside:
+                    aside.write(tail + b"\n")
+                f.truncate(cut)
+                logger.warning("%s: moved a partial last line (%d bytes) to %s.partial", self.path, len(tail),
+                               self.path.name)
+            else:
+                f.seek(0, os.SEEK_END)
+                f.write(b"\n")
             f.flush()
             os.fsync(f.fileno())
-        logger.warning("%s: moved a partial last line (%d bytes) to %s.partial", self.path, len(data) - cut, self.path.name)
 
     def __iter__(self) -> Iterator[Trace]:
         return iter(self.read())
@@ -222,6 +235,19 @@ class TraceStore:
     def recorded_keys(self) -> set[tuple[str, int]]:
         """(task id, sample) of every trace already stored, failed ones included; invalid lines are ignored."""
         return {trace.key for trace in self.read(skip_invalid=True)}
+
+
+def last_line_start(f: BinaryIO, block: int = 1 << 20) -> int:
+    """The offset just after the last newline of the open file ``f`` (0 when it has none), read from the end."""
+    end = f.seek(0, os.SEEK_END)
+    while end > 0:
+        start = max(0, end - block)
+        f.seek(start)
+        found = f.read(end - start).rfind(b"\n")
+        if found >= 0:
+            return start + found + 1
+        end = start
+    return 0
 
 
 def read_jsonl(path: Path, model: type[R], skip_invalid: bool = False, context: dict[str, Any] | None = None,

@@ -49,7 +49,7 @@ from transformers import (
 from trl import GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer
 from trl.models import unwrap_model_for_generation
 
-from mentor_agents.files import save_dir_atomically, write_text_atomic
+from mentor_agents.files import recover_dir, save_dir_atomically, write_text_atomic
 from mentor_agents.references import RewardReference, build_references
 from mentor_agents.rewards import REWARD_NAMES, RewardResult, TeacherGuidedReward
 from mentor_agents.rollouts import Rollout, ScoredRollout
@@ -205,6 +205,7 @@ def load_trained(result_or_adapter: TrainResult | str | os.PathLike[str], base_m
         adapter, base_model = result_or_adapter.adapter_dir, result_or_adapter.base_model
     else:
         adapter = Path(result_or_adapter)
+        recover_dir(adapter)
         if base_model is None:
             base_model = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
     base = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from langchain.agents import create_agent  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
-from mentor_agents import training  # noqa: E402
+from mentor_agents import cli, training  # noqa: E402
 from mentor_agents.distill import DistillConfig, distill  # noqa: E402
 from mentor_agents.integrations.langgraph import record  # noqa: E402
 from mentor_agents.integrations.langgraph.calculator import (  # noqa: E402
@@ -67,6 +67,7 @@ RECORD_TASKS = 40
 TEST_TASKS = single_step_tasks(6, "test")
 TRAIN = dict(sft_steps=24, steps=12, save_steps=1, save_total_limit=2, prompts_per_step=2, num_generations=2,
              max_new_tokens=8, max_turns=2, sft_lr=1e-2, lr=2e-3, beta=0.0, sft_batch_size=4)
+CLI_TRAIN = ["--steps", "10", "--num-generations", "2", "--prompts-per-step", "2"]
 DISTILL = DistillConfig(train=training.TrainConfig(**{**TRAIN, "steps": 8}), concurrency=2, timeout_s=60)
 
 
@@ -103,6 +104,9 @@ def setup(kind: str, work: Path) -> None:
         with torch.no_grad():  # as in test_training: a wider init lets LoRA move the tiny model's outputs
             model.get_input_embeddings().weight.mul_(5)
         model.save_pretrained(work / "tiny")
+    if kind == "cli-train":
+        assert cli.main(["record", "calculator", "--run-dir", str(work / "run"), "--num-tasks", "8", "--num-eval",
+                         "2", "--num-ood", "0"]) == 0
     if kind == "train":
         record(small_agent(ScriptedCalculatorTeacher()), single_step_tasks(16, "train"), work / "teacher.jsonl",
                progress=False)
@@ -118,6 +122,10 @@ def job(kind: str, work: Path) -> None:
         traces = TraceStore(work / "teacher.jsonl").read()
         training.train(config, str(work / "tiny"), traces=traces,
                        rollout_fn=graph_rollout_fn(small_agent(ScriptedCalculatorTeacher())))
+    elif kind == "cli-train":
+        # `mentor train` with its default flags (no --save-steps), only smaller, so that ten kills stay cheap.
+        instrument_training(work / "steps.jsonl")
+        assert cli.main(["train", "calculator", "--run-dir", str(work / "run"), *CLI_TRAIN]) == 0
     else:
         instrument_training(work / "steps.jsonl")
         student = distill(small_agent(SlowTeacher()), single_step_tasks(16, "train"), student=str(work / "tiny"),
@@ -131,6 +139,7 @@ PROGRESS = {
     # unit of progress is one trace, one logged step, one checkpoint or one stage, whichever stage is running.
     "record": [("lines", "traces.jsonl")],
     "train": [("lines", "run/*/metrics.jsonl"), ("checkpoint", "run/*"), ("files", "run/*/adapter run/*/merged")],
+    "cli-train": [("lines", "run/train/*/*/metrics.jsonl"), ("files", "run/train/*/*/adapter run/students/*")],
     "distill": [("lines", "run/traces.jsonl run/eval/*.jsonl run/train/*/*/metrics.jsonl"),
                 ("checkpoint", "run/train/*/*"), ("files", "run/*.json run/*.md run/student run/train/*/*/adapter")],
 }
@@ -138,10 +147,11 @@ PROGRESS = {
 
 def triggers(kind: str, rng: random.Random) -> tuple:
     """When to kill the next child: after a seeded delay, or after 1-3 new units of progress."""
-    max_delay = {"record": 0.6, "train": 1.2, "distill": 1.5}[kind]
+    max_delay = {"record": 0.6, "train": 1.2, "distill": 1.5, "cli-train": 1.5}[kind]
     if rng.random() < 0.4:
         return ("delay", round(rng.uniform(0.0, max_delay), 3))
-    return ("progress", rng.randint(1, 3))
+    # The CLI checkpoints every 5 steps by default: let most of its attempts get past one.
+    return ("progress", rng.randint(3, 7) if kind == "cli-train" else rng.randint(1, 3))
 
 
 def progress(work: Path, kind: str) -> int:

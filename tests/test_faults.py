@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import threading
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 from langchain.agents import create_agent
@@ -287,3 +289,42 @@ def test_adapter_merged_and_export_writes_are_atomic(tiny, tmp_path, monkeypatch
     assert {d: sorted(p.name for p in (tmp_path / d).rglob("*")) for d in ("export", "adapter")} == snapshot
     assert not (tmp_path / "merged").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # staging dirs were removed
+
+
+def test_replace_dir_survives_a_failed_second_rename_and_a_kill_between_the_renames(tiny, tmp_path, monkeypatch):
+    """`replace_dir` renames the old directory aside, then the new one into place. A failure of the second rename
+    puts the old one back; a kill between the two leaves only ``.adapter.old-PID``, which the next open restores."""
+    from peft import LoraConfig, get_peft_model
+
+    from mentor_agents.files import replace_dir
+    from mentor_agents.student import load_student
+    from mentor_agents.training import load_trained
+
+    model, tokenizer = tiny
+    peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM"))
+    adapter = tmp_path / "adapter"
+    save_dir_atomically(adapter, peft_model.save_pretrained)
+    tokenizer.save_pretrained(adapter)
+    files = sorted(p.name for p in adapter.iterdir())
+    base = str(model.config.name_or_path)
+
+    real_replace, calls = os.replace, []
+
+    def second_rename_fails(src, dst):
+        calls.append((src, dst))
+        if len(calls) == 2:
+            raise OSError("the second rename failed")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", second_rename_fails)
+    with pytest.raises(OSError, match="second rename failed"):
+        save_dir_atomically(adapter, peft_model.save_pretrained)
+    monkeypatch.undo()
+    assert sorted(p.name for p in adapter.iterdir()) == files
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+    for load in (lambda: load_trained(adapter, base), lambda: load_student(str(adapter)),
+                 lambda: replace_dir(Path(tempfile.mkdtemp(dir=tmp_path)), adapter)):
+        os.rename(adapter, tmp_path / ".adapter.old-12345")  # a kill between the two renames leaves this
+        load()
+        assert adapter.is_dir() and not (tmp_path / ".adapter.old-12345").exists()

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 import kill_driver as kd
+from mentor_agents.distill import RunState
 from mentor_agents.references import load_references
 from mentor_agents.traces import TraceStore
 from mentor_agents.training import load_trained
@@ -24,14 +25,14 @@ torch.set_num_threads(1)
 KILLS = 10
 
 
-def run_driver(kind: str, work: Path, seed: int) -> list[dict]:
+def run_driver(kind: str, work: Path, seed: int, kills: int = KILLS) -> list[dict]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
-    done = subprocess.run([sys.executable, kd.__file__, kind, str(work), str(seed), str(KILLS)], env=env,
+    done = subprocess.run([sys.executable, kd.__file__, kind, str(work), str(seed), str(kills)], env=env,
                           capture_output=True, text=True, timeout=480)
     assert done.returncode == 0, done.stderr[-4000:]
     attempts = [json.loads(line) for line in (work / "attempts.jsonl").read_text().splitlines()]
     killed = [a for a in attempts if a["killed"]]
-    assert len(killed) == KILLS and all(a["signal"] == 9 for a in killed), attempts
+    assert len(killed) == kills and all(a["signal"] == 9 for a in killed), attempts
     assert attempts[-1]["trigger"] == ["none"] and attempts[-1]["exit"] == 0
     assert len({json.dumps(a["trigger"]) for a in killed}) > 3  # varied kill points, not one repeated
     return attempts
@@ -86,13 +87,27 @@ def test_kill_distill_ten_times_then_resume(tmp_path):
     for name in ("teacher", "untrained_student", "mentor"):
         evaluated = TraceStore(run / "eval" / f"{name}-test.jsonl").read()
         assert Counter(t.task_id for t in evaluated) == Counter(t["id"] for t in tasks["test"]), name
-    done = json.loads((run / "state.json").read_text())["done"]
-    assert {"tasks", "traces", "train:mentor"} <= set(done)
+    state = RunState.open(run)
+    assert {"tasks", "traces", "train:mentor"} <= set(state.done)
+    assert not Path(state.done["train:mentor"]["adapter_dir"]).is_absolute()  # the run directory can move
     metrics = json.loads((run / "metrics.json").read_text())
     assert "mentor|test" in metrics["evaluation"]
     assert (run / "report.md").read_text().startswith("# Distillation report")
     assert json.loads((tmp_path / "done.json").read_text())["report"]
     assert_resumed_from_checkpoints(tmp_path)
     assert_each_step_once(run / "train" / "mentor" / "mentor" / "metrics.jsonl", kd.DISTILL.train.steps)
-    model, _ = load_trained(done["train:mentor"]["adapter_dir"], done["train:mentor"]["base_model"])
+    model, _ = load_trained(state.info("train:mentor")["adapter_dir"], state.info("train:mentor")["base_model"])
+    assert sum(p.numel() for n, p in model.named_parameters() if "lora_" in n) > 0
+
+
+def test_kill_mentor_train_with_its_default_flags_then_resume(tmp_path):
+    """`mentor train` without --save-steps used to restart at step 1 after a kill, though --help said a rerun
+    resumes (issue 15, case 8): the CLI now checkpoints by default, and this drives it with its defaults."""
+    run_driver("cli-train", tmp_path, seed=3, kills=4)
+    assert_resumed_from_checkpoints(tmp_path)
+    run = tmp_path / "run"
+    assert_each_step_once(run / "train" / "mentor" / "mentor" / "metrics.jsonl", 10)
+    assert (run / "students" / "mentor" / "adapter").is_dir()
+    model, _ = load_trained(RunState.open(run).info("train:mentor")["adapter_dir"],
+                            RunState.open(run).info("train:mentor")["base_model"])
     assert sum(p.numel() for n, p in model.named_parameters() if "lora_" in n) > 0

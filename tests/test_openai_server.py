@@ -162,6 +162,9 @@ def test_chat_openai_drives_a_langgraph_agent(builder):
             assert task.verdict(messages[-1].text) == "correct", (task.input, messages[-1].text)
 
 
+HI = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+
+
 def error_of(response: httpx.Response, status: int) -> dict[str, Any]:
     assert response.status_code == status, response.text
     error = response.json()["error"]
@@ -170,7 +173,7 @@ def error_of(response: httpx.Response, status: int) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("body, status, param", [
-    ({"messages": [{"role": "user", "content": "hi"}]}, 404, "model"),
+    ({"messages": [{"role": "user", "content": "hi"}]}, 400, "model"),
     ({"model": "other", "messages": [{"role": "user", "content": "hi"}]}, 404, "model"),
     ({"model": MODEL}, 400, "messages"),
     ({"model": MODEL, "messages": []}, 400, "messages"),
@@ -181,12 +184,27 @@ def error_of(response: httpx.Response, status: int) -> dict[str, Any]:
         {"id": "c", "type": "function", "function": {"name": "add", "arguments": "{not json"}}]}]},
      400, "messages[0].tool_calls[0].function.arguments"),
     ({"model": MODEL, "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, 400,
-     "messages[0].content[0]"),
+     "messages[0].content[0].type"),
     ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 101}, 400, "max_tokens"),
     ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 0}, 400,
      "max_completion_tokens"),
-    ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "tools": ["add"]}, 400, "tools"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "tools": ["add"]}, 400, "tools[0]"),
     ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "n": 2}, 400, "n"),
+    # Wrong types at each field answered 500 (some as plain text, closing the connection) before the body was a
+    # typed model (issue 15, case 7).
+    (dict(HI, stop=5), 400, "stop"),
+    (dict(HI, stop=[1]), 400, "stop[0]"),
+    ({"model": MODEL, "messages": [{"role": "assistant", "tool_calls": 5}]}, 400, "messages[0].tool_calls"),
+    ({"model": MODEL, "messages": [{"role": "assistant", "tool_calls": [
+        {"id": 5, "type": "function", "function": {"name": "add", "arguments": "{}"}}]}]}, 400,
+     "messages[0].tool_calls[0].id"),
+    (dict(HI, tools=[{"function": {}}]), 400, "tools[0].function.name"),
+    (dict(HI, tools=[{"type": "function", "function": {"description": "no name"}}]), 400, "tools[0].function.name"),
+    (dict(HI, tools=["add"]), 400, "tools[0]"),
+    (dict(HI, tools=[ADD_TOOL], tool_choice={"function": "add"}), 400, "tool_choice.function"),
+    (dict(HI, tools=[ADD_TOOL], tool_choice={"function": None}), 400, "tool_choice.function"),
+    (dict(HI, stream=True, stream_options="x"), 400, "stream_options"),
+    (dict(HI, stream=True, stream_options=[1]), 400, "stream_options"),
 ])
 def test_bad_requests_get_openai_style_errors(base_url, body, status, param):
     assert error_of(httpx.post(f"{base_url}/chat/completions", json=body), status)["param"] == param
@@ -194,6 +212,11 @@ def test_bad_requests_get_openai_style_errors(base_url, body, status, param):
 
 def test_malformed_and_oversized_bodies(base_url):
     url = f"{base_url}/chat/completions"
+    assert error_of(httpx.post(url, content=b"[" * 19_000), 400)["message"]  # was a RecursionError
+    curl = httpx.post(url, content=json.dumps(HI), headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert curl.status_code == 200  # `curl -d` sends JSON with a form type
+    assert error_of(httpx.post(url, content=b'{"model": "test-model", "messages": [{"role": "user", "content": '
+                                            b'"\\ud800"}]}'), 400)["message"]
     assert error_of(httpx.post(url, content=b"{not json"), 400)["code"] == "invalid_json"
     assert error_of(httpx.post(url, content=b"[1, 2]"), 400)["code"] == "invalid_json"
     big = {"model": MODEL, "messages": [{"role": "user", "content": "x" * 30_000}]}

@@ -46,6 +46,9 @@ def upstream():
                                            "code": None}}, status_code=500)
         if b"echo my key" in body:  # a careless server that repeats the caller's credentials in an error
             return JSONResponse({"error": {"message": f"failed for {request.headers['authorization']}"}}, 503)
+        if b"echo my token" in body:  # ... or only the token, without its scheme
+            token = request.headers["authorization"].split()[-1]
+            return JSONResponse({"error": {"message": f"bad token {token}"}}, 503)
         return await call_next(request)
 
     with running_server(app) as url:
@@ -208,3 +211,137 @@ def test_mentor_proxy_command(tmp_path, upstream):
     missing = subprocess.run([sys.executable, "-m", "mentor_agents.cli", *args[:7], "--upstream-api-key-env",
                               "NOT_SET_ANYWHERE"], capture_output=True, text=True)
     assert missing.returncode != 0 and "NOT_SET_ANYWHERE" in missing.stderr
+
+
+@pytest.mark.parametrize("authorization", [f"bearer {KEY}", f"BEARER {KEY}", f"Token {KEY}", KEY])
+def test_a_credential_in_any_case_and_scheme_is_redacted_everywhere(tmp_path, upstream, authorization):
+    """The proxy redacted only a "Bearer " token: a lowercase scheme plus an upstream that echoes the token put the
+    key into the trace (issue 15, case 4). Now every credential it saw is redacted from every stored field."""
+    store = TraceStore(tmp_path / "proxy.jsonl")
+    request = {"model": MODEL, "tools": [ADD_TOOL], "messages": [{"role": "user", "content": "echo my token"}]}
+    with running_server(create_proxy_app(upstream, store)) as proxy:
+        reply = httpx.post(f"{proxy}/chat/completions", json=request, headers={"Authorization": authorization})
+        assert reply.status_code == 503 and KEY in reply.text  # the client gets the upstream's answer unchanged
+        request["messages"][0]["content"] = f"echo my key; and my key is {KEY}"
+        assert httpx.post(f"{proxy}/chat/completions", json=request,
+                          headers={"Authorization": authorization}).status_code == 503
+    token, echoed = store.read()
+    assert token.error == "upstream HTTP 503: " + json.dumps({"error": {"message": "bad token <redacted>"}},
+                                                            separators=(",", ":"))
+    assert "<redacted>" in echoed.task_input and "<redacted>" in echoed.error
+    assert KEY not in store.path.read_text()
+
+
+ADD_TOOL = {"type": "function", "function": {"name": "add", "parameters": {"type": "object", "properties": {}}}}
+
+
+def test_upstream_user_and_password_are_never_shown_or_stored(tmp_path):
+    """``--upstream http://user:pass@host/v1`` put the credentials into each trace's teacher_endpoint and error, the
+    502 messages, and the startup line (issue 15, case 5)."""
+    store = TraceStore(tmp_path / "proxy.jsonl")
+    with running_server(create_app(ScriptedCalculatorTeacher(), MODEL)) as url:
+        with running_server(create_proxy_app(url.replace("http://", "http://alice:s3cr3t-pw@"), store)) as proxy:
+            agent_through(proxy, key="unused").invoke({"messages": [HumanMessage("What is 2 plus 2?")]})
+    with running_server(create_proxy_app(url.replace("http://", "http://alice:s3cr3t-pw@"), store)) as proxy:
+        reply = httpx.post(f"{proxy}/chat/completions", json={"model": MODEL, "tools": [ADD_TOOL], "messages": [
+            {"role": "user", "content": "What is 2 plus 2?"}]})  # the upstream has stopped
+        assert reply.status_code == 502 and "s3cr3t" not in reply.text and "alice" not in reply.text
+    complete, failed = store.read()
+    assert complete.teacher_endpoint == url and failed.teacher_endpoint == url and "ConnectError" in failed.error
+    assert "s3cr3t" not in store.path.read_text() and "alice" not in store.path.read_text()
+
+    port = free_port()
+    args = ["proxy", "--upstream", "http://alice:s3cr3t-pw@127.0.0.1:9/v1", "--store", str(store.path), "--port",
+            str(port)]
+    with mentor_process(args, port, {**os.environ, "OMP_NUM_THREADS": "1"}) as process:
+        pass
+    banner = process.stdout.read()
+    assert "127.0.0.1:9/v1" in banner and "s3cr3t" not in banner and "alice" not in banner
+
+
+ODD_ANSWERS = {
+    "usage.prompt_tokens is a string": {"usage": {"prompt_tokens": "many", "completion_tokens": 1}},
+    "content is 42": {"choices": [{"index": 0, "message": {"role": "assistant", "content": 42}}]},
+    "choices is [5]": {"choices": [5]},
+    "a choice without message": {"choices": [{"index": 0, "finish_reason": "stop"}]},
+    "a tool call without function": {"choices": [{"index": 0, "message": {
+        "role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function"}]}}]},
+    "numeric tool-call arguments": {"choices": [{"index": 0, "message": {"role": "assistant", "content": None,
+        "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "add", "arguments": 5}}]}}]},
+}
+
+
+@pytest.fixture
+def odd_upstream():
+    """An upstream that answers 200 with the odd JSON named by the request's user message."""
+    from fastapi import FastAPI
+
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    async def answer(request: Request):
+        case = (await request.json())["messages"][-1]["content"]
+        base = {"id": "x", "object": "chat.completion", "model": MODEL, "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "Answer: 4"}, "finish_reason": "stop"}]}
+        return {**base, **ODD_ANSWERS[case]}
+
+    with running_server(app) as url:
+        yield url
+
+
+def test_the_client_gets_the_upstream_answer_when_recording_fails(tmp_path, odd_upstream):
+    """Each odd upstream answer made the proxy answer 500 (issue 15, case 6): the client gets the answer, and the
+    recording failure is logged and counted."""
+    store = TraceStore(tmp_path / "proxy.jsonl")
+    app = create_proxy_app(odd_upstream, store, lenient=True)
+    with running_server(app) as proxy:
+        for case, odd in ODD_ANSWERS.items():
+            reply = httpx.post(f"{proxy}/chat/completions", json={
+                "model": MODEL, "tools": [ADD_TOOL], "messages": [{"role": "user", "content": case}]})
+            assert reply.status_code == 200, (case, reply.text)
+            assert all(reply.json()[k] == v for k, v in odd.items()), case
+        for tools in ("abc", [1], [{"function": {}}], [{"function": "add"}]):
+            reply = httpx.post(f"{proxy}/chat/completions", json={
+                "model": MODEL, "tools": tools, "messages": [{"role": "user", "content": "content is 42"}]})
+            assert reply.status_code == 400 and reply.json()["error"]["param"] == "tools", (tools, reply.text)
+        store.path.unlink()
+        store.path.mkdir()  # the store stops being writable while the proxy runs
+        reply = httpx.post(f"{proxy}/chat/completions", json={
+            "model": MODEL, "tools": [ADD_TOOL], "messages": [{"role": "user", "content": "usage.prompt_tokens is a string"}]})
+        assert reply.status_code == 200
+    # Recorded: the string usage (as 0 tokens), and the answers without a message (as failed traces). Not recorded:
+    # content 42, the two broken tool calls, and the turn after the store became a directory.
+    assert app.state.recording_failures == 4
+
+
+def test_a_store_that_cannot_be_written_is_refused_at_startup(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    for store in (tmp_path / "a-file" / "traces.jsonl", tmp_path):
+        with pytest.raises(ValueError, match="cannot append"):
+            create_proxy_app("http://127.0.0.1:9/v1", store)
+    done = subprocess.run([sys.executable, "-m", "mentor_agents.cli", "proxy", "--upstream", "http://127.0.0.1:9/v1",
+                           "--store", str(tmp_path / "a-file" / "t.jsonl"), "--port", str(free_port())],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "cannot append" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_binding_beyond_loopback_needs_a_client_key(tmp_path, upstream):
+    """Without an injected upstream key the proxy bound any address with no client authentication: an open relay
+    whose callers add training traces (issue 15, case 12). The server's rule now holds: no key, loopback only."""
+    assert not create_proxy_app(upstream, tmp_path / "t.jsonl").state.requires_api_key  # so serve() refuses it
+    refused = subprocess.run([sys.executable, "-m", "mentor_agents.cli", "proxy", "--upstream", upstream, "--store",
+                              str(tmp_path / "t.jsonl"), "--host", "0.0.0.0", "--port", str(free_port())],
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0 and "--api-key-env" in refused.stderr and "Traceback" not in refused.stderr
+
+    store = TraceStore(tmp_path / "keyed.jsonl")
+    app = create_proxy_app(upstream, store, api_key="proxy-key", upstream_api_key=KEY)
+    assert app.state.requires_api_key
+    with running_server(app) as proxy:
+        assert httpx.get(f"{proxy}/models").status_code == 401
+        with pytest.raises(openai.AuthenticationError):
+            agent_through(proxy, key="wrong").invoke({"messages": [HumanMessage("What is 2 plus 2?")]})
+        agent_through(proxy, key="proxy-key").invoke({"messages": [HumanMessage("What is 2 plus 2?")]})
+    (trace,) = store.read()
+    assert trace.final_answer and "proxy-key" not in store.path.read_text()
+    assert_no_secret(store.path)

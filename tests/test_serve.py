@@ -3,6 +3,8 @@ streaming tool-call deltas, bad requests, the API key, base + adapter without me
 
 import json
 import os
+import socket
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -13,12 +15,13 @@ from forcing import ForceText
 from servers import free_port, mentor_process
 from langchain_openai import ChatOpenAI
 from peft import LoraConfig, get_peft_model
-from transformers import LogitsProcessorList
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from mentor_agents.export import ModelCard, export_student
 from mentor_agents.integrations.langgraph import StudentChatModel
 from mentor_agents.integrations.langgraph.calculator import build_agent
 from mentor_agents.integrations.openai.server import create_app, running_server
+from mentor_agents.student import stop_token_ids
 
 torch.set_num_threads(1)
 
@@ -124,3 +127,90 @@ def test_mentor_serve_adapter_key_errors_and_32_concurrent_clients(mentor_serve)
     assert len(reasons) == 32 and set(reasons) <= {"stop", "length", "tool_calls"}
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=base, api_key="wrong", max_retries=0).models.list()
+
+
+class CountTokens(LogitsProcessor):
+    """Counts the tokens the served model generates (every request), and those generated since the test's clients
+    dropped; never lets the model end a turn early."""
+
+    def __init__(self, end_ids: list[int]):
+        self.end_ids, self.count, self.started = end_ids, 0, threading.Event()
+        self.since_drop: int | None = None
+
+    def __call__(self, input_ids, scores):
+        self.count += 1
+        if self.since_drop is not None:
+            self.since_drop += 1
+        self.started.set()
+        scores[:, self.end_ids] = float("-inf")
+        return scores
+
+
+@pytest.fixture
+def counted_server(tiny):
+    model, tokenizer = tiny
+    counter = CountTokens(stop_token_ids(tokenizer, model))
+    student = StudentChatModel(model=model, tokenizer=tokenizer, max_new_tokens=16,
+                               logits_processor=LogitsProcessorList([counter]))
+    with running_server(create_app(student, "s", max_tokens_limit=10_000, max_concurrency=1)) as url:
+        yield url, counter
+
+
+def long_request(text: str, stream: bool) -> dict:
+    return {"model": "s", "messages": [{"role": "user", "content": text}], "max_tokens": 1500, "stream": stream}
+
+
+def work_after_drop(url: str, counter: CountTokens) -> int:
+    """Tokens generated after the clients dropped, found once a fresh 4-token request (which has to wait for the
+    only slot) has been served."""
+    fresh = httpx.post(f"{url}/chat/completions", timeout=600,
+                       json={"model": "s", "messages": [{"role": "user", "content": "e"}], "max_tokens": 4})
+    assert fresh.status_code == 200 and fresh.json()["usage"]["completion_tokens"] == 4
+    work, counter.since_drop = counter.since_drop - 4, None
+    return work
+
+
+def test_generation_stops_for_clients_that_disconnected(counted_server):
+    """Clients that drop mid-request (streaming or not) leave no work behind: the running generation stops at its
+    next token, queued ones never run, and only then is the slot free for a fresh request (issue 15, case 2; the
+    server used to generate all 1500 tokens for each of them)."""
+    url, counter = counted_server
+    with httpx.Client(timeout=60) as first, httpx.Client(timeout=60) as queued:
+        streams = []
+        for client, text in ((first, "a"), (queued, "b"), (queued, "c")):
+            streams.append(client.stream("POST", f"{url}/chat/completions", json=long_request(text, True)))
+            next(streams[-1].__enter__().iter_lines())  # the role event: the request is in
+            assert counter.started.wait(60)  # the first one is generating
+        counter.since_drop = 0
+        for stream in reversed(streams):
+            stream.__exit__(None, None, None)
+    assert work_after_drop(url, counter) < 100  # a few tokens until the disconnect is seen, not 3 x 1500
+
+    counter.started.clear()
+    host, port = url.removeprefix("http://").removesuffix("/v1").split(":")
+    body = json.dumps(long_request("d", False)).encode()
+    with socket.create_connection((host, int(port))) as raw:
+        raw.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        assert counter.started.wait(60)
+        counter.since_drop = 0
+    assert work_after_drop(url, counter) < 100
+
+
+def test_prompt_plus_max_tokens_beyond_the_context_is_refused_before_any_compute(counted_server):
+    url, counter = counted_server
+    context = 8192  # the tiny student's max_position_embeddings
+    for body in ({"model": "s", "messages": [{"role": "user", "content": "hi"}], "max_tokens": context},
+                 {"model": "s", "messages": [{"role": "user", "content": "hello " * context}], "max_tokens": 1},
+                 {"model": "s", "messages": [{"role": "user", "content": "hello " * context}], "stream": True}):
+        reply = httpx.post(f"{url}/chat/completions", json=body, timeout=120)
+        assert reply.status_code == 400, reply.text
+        error = reply.json()["error"]
+        assert error["code"] == "context_length_exceeded" and str(context) in error["message"], error
+    assert counter.count == 0
+    with pytest.raises(openai.BadRequestError, match="context"):
+        openai.OpenAI(base_url=url, api_key="x", max_retries=0).chat.completions.create(
+            model="s", messages=[{"role": "user", "content": "hi"}], max_tokens=context)
+    ok = httpx.post(f"{url}/chat/completions", timeout=120,
+                    json={"model": "s", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+    assert ok.status_code == 200 and counter.count == 2

@@ -133,3 +133,43 @@ def test_self_consistency_verdicts():
     assert judged[0].ground_truth == "Answer: 5" and judged[0].metadata["agreement"] == pytest.approx(2 / 3)
     assert isinstance(judged[0].verifier, NumericMatch)
     assert [r.task_id for r in build_references(judged)] == ["a"]
+
+
+def test_complete_last_line_without_newline_is_a_trace_not_a_partial_tail(tmp_path):
+    store = TraceStore(tmp_path / "traces.jsonl")
+    store.path.write_text(make_trace("t1").model_dump_json())  # written by a tool that omits the final newline
+    store.append(make_trace("t2"))
+    assert [t.task_id for t in store.read()] == ["t1", "t2"]
+    assert not (tmp_path / "traces.jsonl.partial").exists()
+
+
+def append_many(path: str, prefix: str, count: int, payload: int) -> None:
+    store = TraceStore(path)
+    for i in range(count):
+        store.append(make_trace(f"{prefix}{i}").model_copy(update={"metadata": {"pad": "x" * payload}}))
+
+
+def test_two_processes_appending_to_one_store_lose_nothing(tmp_path):
+    """One process appends large traces while another appends small ones: an append must never take the other
+    process's unfinished line for a partial tail from a kill (it did: the large traces vanished)."""
+    import multiprocessing
+
+    path = str(tmp_path / "traces.jsonl")
+    context = multiprocessing.get_context("spawn")
+    large = context.Process(target=append_many, args=(path, "large", 6, 8_000_000))
+    small = context.Process(target=append_many, args=(path, "small", 400, 0))
+    large.start(), small.start()
+    large.join(), small.join()
+    assert large.exitcode == 0 and small.exitcode == 0
+    ids = [t.task_id for t in TraceStore(path).read()]  # strict: every line is whole
+    assert sorted(ids) == sorted([f"large{i}" for i in range(6)] + [f"small{i}" for i in range(400)])
+    assert not (tmp_path / "traces.jsonl.partial").exists()
+
+
+def test_threads_appending_to_one_store_lose_nothing(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    path = str(tmp_path / "traces.jsonl")
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(append_many, [path] * 4, ["a", "b", "c", "d"], [3, 100, 100, 3], [4_000_000, 0, 0, 4_000_000]))
+    assert len(TraceStore(path).read()) == 206

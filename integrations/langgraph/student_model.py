@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
+import threading
 import types
 import uuid
 from pathlib import Path
@@ -26,6 +27,7 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.runnables import Runnable, RunnableBinding, RunnableSequence
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict, Field
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from mentor_agents.integrations.langgraph.graphs import recompile
 from mentor_agents.integrations.langgraph.recording import to_openai_messages
@@ -208,6 +210,8 @@ class StudentChatModel(BaseChatModel):
     logits_processor: Any = None
     """An optional ``transformers.LogitsProcessorList`` applied during generation (constrained decoding)."""
     prefix_cache: PrefixCache | None = Field(default_factory=PrefixCache)
+    cancel: threading.Event | None = None
+    """When set, generation stops at the next token (the server sets it once the client is gone)."""
 
     @classmethod
     def from_pretrained(
@@ -237,6 +241,20 @@ class StudentChatModel(BaseChatModel):
             kwargs["tool_choice"] = tool_choice
         return self.bind(tools=[convert_to_openai_tool(t) for t in tools], **kwargs)
 
+    @property
+    def context_length(self) -> int | None:
+        """The most prompt plus generated tokens the model takes (``max_position_embeddings``), if it says."""
+        return getattr(self.model.config, "max_position_embeddings", None)
+
+    def get_num_tokens_from_messages(self, messages: list[BaseMessage], tools: Sequence[Any] | None = None) -> int:
+        """The prompt length in tokens of ``messages`` with ``tools`` (OpenAI tool schemas), as `_chat` renders it."""
+        return len(self._prompt_ids(messages, [convert_to_openai_tool(t) for t in tools or []]))
+
+    def _prompt_ids(self, messages: list[BaseMessage], tools: list[dict] | None) -> list[int]:
+        return list(self.tokenizer.apply_chat_template(
+            openai_messages(messages), tools=tools or None, add_generation_prompt=True, tokenize=True,
+            return_dict=True)["input_ids"])
+
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: Any = None,
                   **kwargs: Any) -> ChatResult:
         return self._chat(messages, stop, _recorders(run_manager), **kwargs)
@@ -255,15 +273,14 @@ class StudentChatModel(BaseChatModel):
                 "config={'callbacks': [TokenRecorder()]}"
             )
         tokenizer, model = self.tokenizer, self.model
-        prompt_ids = list(tokenizer.apply_chat_template(
-            openai_messages(messages), tools=tools or None, add_generation_prompt=True, tokenize=True,
-            return_dict=True)["input_ids"])
+        prompt_ids = self._prompt_ids(messages, tools)
         end_ids = stop_token_ids(tokenizer, model)
         sampling = dict(temperature=self.temperature, top_p=self.top_p) if self.do_sample else {}
         settings = dict(
             max_new_tokens=self.max_new_tokens, do_sample=self.do_sample, eos_token_id=end_ids,
             pad_token_id=tokenizer.pad_token_id, logits_processor=self.logits_processor, stop_strings=stop or None,
             tokenizer=tokenizer if stop else None, return_dict_in_generate=True, output_logits=bool(recorders),
+            stopping_criteria=None if self.cancel is None else StoppingCriteriaList([WhenSet(self.cancel)]),
             **sampling,
         )
         if self.prefix_cache is not None:
@@ -320,6 +337,18 @@ def turn_message(text: str, tokenizer: Any, tools: list[dict] | None = None, too
         ],
         response_metadata={"finish_reason": "tool_calls" if calls else ("stop" if stopped else "length")},
     )
+
+
+class WhenSet(StoppingCriteria):
+    """Stops generation at the next token once ``event`` is set."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
 def _recorders(run_manager: Any) -> list[TokenRecorder]:

@@ -31,8 +31,13 @@ turns the proxy never saw (it started mid-conversation) are rebuilt from the req
 usage. Tool steps come from the tool messages, which carry no error status over the OpenAI API, so their ``error`` is
 always False.
 
-Authorization headers and keys are forwarded upstream and never stored. The proxy keeps its open conversations in
-memory; sample numbers continue after the ones already in the store.
+Authorization headers and keys are forwarded upstream and never stored: every credential the proxy sees (the
+client's Authorization header in any scheme, the injected upstream key, the user and password of an
+``http://user:pass@host`` upstream) is redacted from every stored field, upstream error bodies included, and the
+upstream URL is shown and stored without its user part. The client always gets the upstream's answer: a trace that
+cannot be recorded (a malformed answer, a store that stopped being writable) is logged and counted in
+``app.state.recording_failures``. The proxy keeps its open conversations in memory; sample numbers continue after
+the ones already in the store.
 """
 
 from __future__ import annotations
@@ -41,8 +46,10 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
@@ -53,9 +60,10 @@ from fastapi.responses import JSONResponse, Response
 from mentor_agents.toolcalls import parse_tool_calls
 from mentor_agents.traces import ModelStep, ToolCall, ToolStep, Trace, TraceStore, Usage
 
-from mentor_agents.integrations.openai.server import APIError, error_response, read_json_body
+from mentor_agents.integrations.openai.server import APIError, check_api_key, error_response, read_json_body
 from mentor_agents.integrations.openai.teacher import tool_names
 
+logger = logging.getLogger(__name__)
 
 MAX_OPEN = 1000
 """Conversations kept open at once; the oldest unfinished ones are forgotten first."""
@@ -119,8 +127,12 @@ def task_id_for(messages: list[dict[str, Any]]) -> str:
 
 
 def usage_of(response: dict[str, Any]) -> Usage:
-    usage = response.get("usage") or {}
-    return Usage(input_tokens=usage.get("prompt_tokens") or 0, output_tokens=usage.get("completion_tokens") or 0)
+    """The answer's token counts; zero for counts an upstream reports in another type (the answer still counts)."""
+    usage = response.get("usage") if isinstance(response.get("usage"), dict) else {}
+    counts = {name: usage.get(key) for name, key in (("input_tokens", "prompt_tokens"),
+                                                     ("output_tokens", "completion_tokens"))}
+    return Usage(**{name: value if isinstance(value, int) and not isinstance(value, bool) else 0
+                    for name, value in counts.items()})
 
 
 class Recorder:
@@ -149,7 +161,9 @@ class Recorder:
         return conv
 
     def record(self, request: dict[str, Any], answer: dict[str, Any] | None, *, parsed_ids: list[str],
-               latency_s: float, usage: Usage, model: str | None, error: str | None, started_at: float) -> Trace:
+               latency_s: float, usage: Usage, model: str | None, error: str | None, started_at: float,
+               secrets: list[str] = ()) -> Trace:
+        """Store the trace of one turn, with every string in ``secrets`` redacted from every field."""
         messages = [trace_message(m) for m in request["messages"]]
         # OpenAI clients send tool results without the tool's name; traces from the graph recorder carry it.
         names = {c.get("id"): c["function"]["name"] for m in messages for c in m.get("tool_calls") or ()}
@@ -198,6 +212,8 @@ class Recorder:
             error=error,
             metadata={"partial": partial, "turn": sum(s.kind == "model" for s in steps)},
         )
+        if secrets:
+            trace = Trace.model_validate_json(redact(trace.model_dump_json(), list(secrets)))
         if not partial or error is not None:
             self.store.append(trace)
         elif self.partial_store is not None:
@@ -227,21 +243,63 @@ def promote_text_calls(answer: dict[str, Any], allowed: set[str]) -> list[str]:
     return [c.id for c in parsed.calls]
 
 
+def without_userinfo(url: str) -> str:
+    """``url`` without a ``user:password@`` part, for anything shown or stored."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def credentials(authorization: str | None, *known: str | None) -> list[str]:
+    """The secrets to redact: an Authorization header whole and its token (any scheme, any case), and ``known``."""
+    secrets = [authorization, *known]
+    if authorization and " " in authorization.strip():
+        secrets.append(authorization.strip().split(None, 1)[1].strip())
+    return sorted({s.strip() for s in secrets if s and s.strip()}, key=len, reverse=True)
+
+
+def redact(text: str, secrets: list[str]) -> str:
+    """``text`` with every secret (as written, and as JSON escapes it) replaced by ``<redacted>``."""
+    for secret in secrets:
+        for form in {secret, json.dumps(secret)[1:-1]}:
+            text = text.replace(form, "<redacted>")
+    return text
+
+
+def check_writable(store: TraceStore) -> None:
+    """Refuse a store the proxy could not append to, at startup rather than at the first conversation."""
+    try:
+        store.path.parent.mkdir(parents=True, exist_ok=True)
+        open(store.path, "ab").close()
+    except OSError as e:
+        raise ValueError(f"trace store {store.path}: cannot append there ({e.strerror or e})") from None
+
+
 def create_proxy_app(upstream: str, store: TraceStore | str | os.PathLike[str], *, lenient: bool = False,
                      upstream_api_key: str | None = None, timeout_s: float = 120.0,
                      partial_store: TraceStore | str | os.PathLike[str] | None = None,
-                     max_body_bytes: int = 10_000_000) -> FastAPI:
+                     max_body_bytes: int = 10_000_000, api_key: str | None = None) -> FastAPI:
     """A FastAPI app forwarding ``/v1/chat/completions`` and ``/v1/models`` to ``upstream`` (a base URL ending in
     ``/v1``) and recording the chat completions whose request has ``tools``: complete conversations and failed
     requests in ``store``, intermediate turns in ``partial_store`` if given (see the module docstring).
 
-    The client's ``Authorization`` header is forwarded, or ``Bearer <upstream_api_key>`` when that is set.
+    Without ``api_key``, the client's ``Authorization`` header is forwarded, or ``Bearer <upstream_api_key>`` when
+    that is set. With ``api_key``, clients must send ``Authorization: Bearer <api_key>`` (needed to bind beyond
+    loopback), and only ``upstream_api_key``, if any, goes upstream. A store that cannot be written is a
+    `ValueError` here.
     """
     upstream = upstream.rstrip("/")
+    shown = without_userinfo(upstream)
+    parts = urllib.parse.urlsplit(upstream)
     store = store if isinstance(store, TraceStore) else TraceStore(store)
     if partial_store is not None and not isinstance(partial_store, TraceStore):
         partial_store = TraceStore(partial_store)
-    recorder = Recorder(store, upstream, partial_store)
+    for writable in filter(None, (store, partial_store)):
+        check_writable(writable)
+    recorder = Recorder(store, shown, partial_store)
     lock = asyncio.Lock()
     client = httpx.AsyncClient(timeout=timeout_s)
 
@@ -250,9 +308,9 @@ def create_proxy_app(upstream: str, store: TraceStore | str | os.PathLike[str], 
         yield
         await client.aclose()
 
-    app = FastAPI(title=f"mentor_agents recording proxy -> {upstream}", lifespan=lifespan)
-    # Clients bring their own upstream key unless the proxy injects one; only then is an open bind a free pass.
-    app.state.requires_api_key = upstream_api_key is None
+    app = FastAPI(title=f"mentor_agents recording proxy -> {shown}", lifespan=lifespan)
+    app.state.requires_api_key = api_key is not None
+    app.state.recording_failures = 0
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError) -> JSONResponse:
@@ -262,7 +320,21 @@ def create_proxy_app(upstream: str, store: TraceStore | str | os.PathLike[str], 
         if upstream_api_key is not None:
             return {"Authorization": f"Bearer {upstream_api_key}"}
         auth = request.headers.get("authorization")
-        return {"Authorization": auth} if auth else {}
+        return {"Authorization": auth} if auth and api_key is None else {}
+
+    def secrets(request: Request) -> list[str]:
+        return credentials(request.headers.get("authorization"), upstream_api_key, api_key,
+                           urllib.parse.unquote(parts.password or "") or None, parts.password)
+
+    async def record(request: Request, body: dict[str, Any], answer: dict[str, Any] | None, **fields: Any) -> None:
+        """Record one turn; a failure is logged and counted, never passed on to the client."""
+        try:
+            async with lock:
+                recorder.record(body, answer, secrets=secrets(request), **fields)
+        except Exception:
+            app.state.recording_failures += 1
+            logger.exception("could not record a conversation turn of task %r (%d recording failure(s) so far)",
+                             body.get("model"), app.state.recording_failures)
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -270,66 +342,72 @@ def create_proxy_app(upstream: str, store: TraceStore | str | os.PathLike[str], 
 
     @app.get("/v1/models")
     async def models(request: Request) -> Response:
+        check_api_key(request, api_key)
         try:
             reply = await client.get(f"{upstream}/models", headers=headers(request))
         except httpx.HTTPError as e:
-            return error_response(502, f"upstream {upstream} unreachable: {type(e).__name__}: {e}",
-                                  type="upstream_error", code="upstream_unreachable")
+            return error_response(502, redact(f"upstream {shown} unreachable: {type(e).__name__}: {e}",
+                                              secrets(request)), type="upstream_error", code="upstream_unreachable")
         return Response(reply.content, status_code=reply.status_code,
                         media_type=reply.headers.get("content-type", "application/json"))
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
+        check_api_key(request, api_key)
         body = await read_json_body(request, max_body_bytes)
         if body.get("stream"):
             raise APIError(400, "the recording proxy does not support stream=true; send stream=false",
                            param="stream", code="stream_unsupported")
         if not isinstance(body.get("messages"), list) or not all(isinstance(m, dict) for m in body["messages"]):
             raise APIError(400, "'messages' must be a list of message objects", param="messages")
-        recorded = bool(body.get("tools"))
+        tools = body.get("tools")
+        if tools is not None and not (isinstance(tools, list) and all(
+                isinstance(t, dict) and isinstance(t.get("function"), dict)
+                and isinstance(t["function"].get("name"), str) for t in tools)):
+            raise APIError(400, "'tools' must be a list of {'type': 'function', 'function': {...}}", param="tools")
+        recorded = bool(tools)
         started_at, start = time.time(), time.perf_counter()
         try:
             reply = await client.post(f"{upstream}/chat/completions", json=body, headers=headers(request))
         except httpx.HTTPError as e:
             status = 504 if isinstance(e, httpx.TimeoutException) else 502
-            message = f"upstream {upstream} failed: {type(e).__name__}: {e}"
+            message = redact(f"upstream {shown} failed: {type(e).__name__}: {e}", secrets(request))
             if recorded:
-                async with lock:
-                    recorder.record(body, None, parsed_ids=[], latency_s=time.perf_counter() - start, usage=Usage(),
-                                    model=body.get("model"), error=message, started_at=started_at)
+                await record(request, body, None, parsed_ids=[], latency_s=time.perf_counter() - start,
+                             usage=Usage(), model=body.get("model"), error=message, started_at=started_at)
             return error_response(status, message, type="upstream_error", code="upstream_unreachable")
         latency_s = time.perf_counter() - start
         try:
             data = reply.json()
         except ValueError:
             data = None
-        ok = reply.is_success and isinstance(data, dict) and bool(data.get("choices"))
+        ok = reply.is_success and isinstance(data, dict) and isinstance(data.get("choices"), list) \
+            and bool(data["choices"])
         if not ok:
             if recorded:
                 # Auth failures can echo (part of) the key: keep only the status for them.
                 detail = "authentication failed" if reply.status_code in (401, 403) else reply.text[:1000]
-                for secret in filter(None, (upstream_api_key, request.headers.get("authorization"))):
-                    detail = detail.replace(secret.removeprefix("Bearer ").strip(), "<redacted>")
-                async with lock:
-                    recorder.record(body, None, parsed_ids=[], latency_s=latency_s, usage=Usage(),
-                                    model=body.get("model"), started_at=started_at,
-                                    error=f"upstream HTTP {reply.status_code}: {detail}")
+                await record(request, body, None, parsed_ids=[], latency_s=latency_s, usage=Usage(),
+                             model=body.get("model"), started_at=started_at,
+                             error=f"upstream HTTP {reply.status_code}: {detail}")
             if reply.is_success:
-                return error_response(502, f"upstream returned no choices: {reply.text[:500]}",
+                return error_response(502, redact(f"upstream returned no choices: {reply.text[:500]}",
+                                                  secrets(request)),
                                       type="upstream_error", code="bad_upstream_response")
             return Response(reply.content, status_code=reply.status_code,
                             media_type=reply.headers.get("content-type", "application/json"))
         choice = data["choices"][0]
+        answer = choice.get("message") if isinstance(choice, dict) else None
         parsed_ids: list[str] = []
-        if lenient:
-            parsed_ids = promote_text_calls(choice["message"], tool_names(body.get("tools")))
+        if lenient and isinstance(answer, dict) and isinstance(answer.get("content"), (str, type(None))):
+            parsed_ids = promote_text_calls(answer, tool_names(tools))
             if parsed_ids:
                 choice["finish_reason"] = "tool_calls"
         if recorded:
-            async with lock:
-                recorder.record(body, choice["message"], parsed_ids=parsed_ids, latency_s=latency_s,
-                                usage=usage_of(data), model=data.get("model") or body.get("model"), error=None,
-                                started_at=started_at)
+            error = None if isinstance(answer, dict) else f"upstream answer has no message: {reply.text[:1000]}"
+            await record(request, body, answer if error is None else None, parsed_ids=parsed_ids,
+                         latency_s=latency_s, usage=usage_of(data), model=data.get("model") or body.get("model"),
+                         error=error, started_at=started_at)
         return JSONResponse(data, status_code=reply.status_code)
 
     return app

@@ -26,10 +26,11 @@ import socket
 import threading
 import time
 import uuid
-from typing import Any, AsyncIterator, Iterator
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, Literal
 
 import uvicorn
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import (
@@ -40,9 +41,96 @@ from langchain_core.messages import (
     SystemMessage,
     ToolMessage,
 )
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mentor_agents.toolcalls import new_call_id
+
+
+class RequestPart(BaseModel):
+    # Strict: a client sending 5 where a string belongs made a mistake; extra fields are ignored as OpenAI does.
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+
+class FunctionCall(RequestPart):
+    name: str
+    arguments: str | dict[str, Any] | None = None
+    """A JSON object, as a string (what OpenAI clients send) or as an object."""
+
+
+class ToolCallRequest(RequestPart):
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class TextPart(RequestPart):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(RequestPart):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+    tool_calls: list[ToolCallRequest] | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
+
+
+class FunctionSchema(RequestPart):
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolSchema(RequestPart):
+    type: Literal["function"] = "function"
+    function: FunctionSchema
+
+
+class ToolChoiceFunction(RequestPart):
+    name: str
+
+
+class NamedToolChoice(RequestPart):
+    type: Literal["function"] = "function"
+    function: ToolChoiceFunction
+
+
+class StreamOptions(RequestPart):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(RequestPart):
+    """The body of ``POST /v1/chat/completions``: the OpenAI fields this server reads."""
+
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1)
+    tools: list[ToolSchema] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    stop: str | list[str] | None = None
+    n: int | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def json_object(cls, data: Any) -> Any:
+        # FastAPI hands over the raw bytes when the Content-Type is not JSON (curl -d sends a form type).
+        if isinstance(data, (bytes, str)):
+            try:
+                data = json.loads(data)
+            except (ValueError, RecursionError) as e:
+                raise ValueError(f"not valid JSON ({type(e).__name__}: {e})") from None
+        if isinstance(data, dict):
+            check_encodable(data)
+        return data
 
 
 class APIError(Exception):
@@ -79,9 +167,50 @@ async def read_json_body(request: Request, max_body_bytes: int) -> dict[str, Any
         body = json.loads(b"".join(chunks))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise APIError(400, f"request body is not valid JSON: {e}", code="invalid_json") from None
+    except RecursionError:
+        raise APIError(400, "request body is nested too deeply", code="invalid_json") from None
     if not isinstance(body, dict):
         raise APIError(400, f"request body must be a JSON object, got {type(body).__name__}", code="invalid_json")
+    try:
+        check_encodable(body)
+    except ValueError as e:
+        raise APIError(400, str(e), code="invalid_json") from None
     return body
+
+
+def check_encodable(body: Any) -> None:
+    """`ValueError` for a string no UTF-8 text can hold: a lone surrogate (``"\\ud800"`` is a valid JSON escape)."""
+    try:
+        json.dumps(body, ensure_ascii=False).encode()
+    except UnicodeEncodeError as e:
+        raise ValueError(f"request body has a string that is not valid Unicode ({e.reason})") from None
+
+
+class BodyLimit:
+    """ASGI middleware: a 413 once a request body passes ``max_bytes``, counted while it is read (a declared
+    Content-Length is not trusted, only used to refuse early). Raised as an HTTP exception inside the app, so the
+    app's handler answers it in the OpenAI error shape."""
+
+    def __init__(self, app: Any, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        size = int(declared) if declared.isdigit() else 0
+
+        async def limited() -> dict[str, Any]:
+            nonlocal size
+            if size > self.max_bytes:
+                raise StarletteHTTPException(413)
+            message = await receive()
+            size += len(message.get("body", b""))
+            if size > self.max_bytes and not declared.isdigit():
+                raise StarletteHTTPException(413)
+            return message
+
+        await self.app(scope, limited, send)
 
 
 def check_api_key(request: Request, api_key: str | None) -> None:
@@ -94,72 +223,64 @@ def check_api_key(request: Request, api_key: str | None) -> None:
                        code="invalid_api_key")
 
 
-def text_of(content: Any, param: str) -> str:
+def validation_error(exc: RequestValidationError) -> APIError:
+    """FastAPI's validation error as the OpenAI 400, naming the innermost bad field (``messages[0].role``)."""
+    errors = exc.errors()
+    error = max(errors, key=lambda e: len(e["loc"]))
+    if error["type"] == "json_invalid":
+        return APIError(400, f"request body is not valid JSON: {error.get('ctx', {}).get('error', error['msg'])}",
+                        code="invalid_json")
+    param = ""
+    for part in error["loc"][1:]:  # loc starts with "body"; union members add their type name, left out here
+        if isinstance(part, int):
+            param += f"[{part}]"
+        elif part.isidentifier() and part.islower() and part not in {"str", "int", "float", "bool", "dict", "list"}:
+            param += f".{part}" if param else part
+    where = f"'{param}'" if param else "request body"
+    return APIError(400, f"{where}: {error['msg']}", param=param or None,
+                    code="invalid_json" if not param else None)
+
+
+def text_of(content: str | list[TextPart] | None) -> str:
     """A message ``content`` (string, null, or a list of text parts) as one string."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
     if isinstance(content, list):
-        texts = []
-        for i, part in enumerate(content):
-            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-                raise APIError(400, f"only text content parts are supported, got {kind!r}", param=f"{param}[{i}]")
-            texts.append(part["text"])
-        return "".join(texts)
-    raise APIError(400, f"content must be a string or a list of text parts, got {type(content).__name__}",
-                   param=param)
+        return "".join(part.text for part in content)
+    return content or ""
 
 
-def parse_arguments(arguments: Any, param: str) -> dict[str, Any]:
+def parse_arguments(arguments: str | dict[str, Any] | None, param: str) -> dict[str, Any]:
     """Tool-call arguments, sent as a JSON string (OpenAI, ChatOpenAI) or an object, as a dict."""
     if arguments is None or arguments == "":
         return {}
     if isinstance(arguments, str):
         try:
             arguments = json.loads(arguments)
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, RecursionError) as e:
             raise APIError(400, f"tool-call arguments are not valid JSON: {e}", param=param) from None
     if not isinstance(arguments, dict):
         raise APIError(400, f"tool-call arguments must be a JSON object, got {type(arguments).__name__}", param=param)
     return arguments
 
 
-def to_langchain_messages(messages: Any) -> list[BaseMessage]:
-    """OpenAI chat messages as LangChain messages; `APIError` (400) naming the bad field."""
-    if not isinstance(messages, list) or not messages:
-        raise APIError(400, "'messages' must be a non-empty list", param="messages")
+def to_langchain_messages(messages: list[ChatMessage]) -> list[BaseMessage]:
+    """Validated OpenAI chat messages as LangChain messages; `APIError` (400) naming a bad tool call or tool id."""
     converted: list[BaseMessage] = []
     for i, message in enumerate(messages):
         param = f"messages[{i}]"
-        if not isinstance(message, dict):
-            raise APIError(400, f"each message must be an object, got {type(message).__name__}", param=param)
-        role = message.get("role")
-        content = text_of(message.get("content"), f"{param}.content")
-        if role in ("system", "developer"):
+        content = text_of(message.content)
+        if message.role in ("system", "developer"):
             converted.append(SystemMessage(content))
-        elif role == "user":
+        elif message.role == "user":
             converted.append(HumanMessage(content))
-        elif role == "assistant":
-            calls = []
-            for j, call in enumerate(message.get("tool_calls") or []):
-                function = call.get("function") if isinstance(call, dict) else None
-                if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-                    raise APIError(400, "a tool call needs 'function': {'name', 'arguments'}",
-                                   param=f"{param}.tool_calls[{j}]")
-                args = parse_arguments(function.get("arguments"), f"{param}.tool_calls[{j}].function.arguments")
-                calls.append({"name": function["name"], "args": args, "id": call.get("id") or new_call_id(),
-                              "type": "tool_call"})
+        elif message.role == "assistant":
+            calls = [{"name": call.function.name, "id": call.id or new_call_id(), "type": "tool_call",
+                      "args": parse_arguments(call.function.arguments, f"{param}.tool_calls[{j}].function.arguments")}
+                     for j, call in enumerate(message.tool_calls or [])]
             converted.append(AIMessage(content, tool_calls=calls))
-        elif role == "tool":
-            call_id = message.get("tool_call_id")
-            if not isinstance(call_id, str) or not call_id:
-                raise APIError(400, "a tool message needs a 'tool_call_id' string", param=f"{param}.tool_call_id")
-            converted.append(ToolMessage(content, tool_call_id=call_id))
         else:
-            raise APIError(400, f"unsupported role {role!r}; expected system, developer, user, assistant or tool",
-                           param=f"{param}.role")
+            if not message.tool_call_id:
+                raise APIError(400, "a tool message needs a 'tool_call_id' string", param=f"{param}.tool_call_id")
+            converted.append(ToolMessage(content, tool_call_id=message.tool_call_id))
     return converted
 
 
@@ -182,81 +303,101 @@ def create_app(chat_model: BaseChatModel, model_name: str, *, api_key: str | Non
     """A FastAPI app serving ``chat_model`` as ``model_name`` over the OpenAI chat-completions API.
 
     With ``api_key`` set, every ``/v1`` route needs ``Authorization: Bearer <api_key>``. Requests asking for more
-    than ``max_tokens_limit`` tokens or larger than ``max_body_bytes`` are refused. At most ``max_concurrency``
-    model calls run at once; the others wait.
+    than ``max_tokens_limit`` tokens, larger than ``max_body_bytes``, or whose prompt plus ``max_tokens`` exceeds
+    the model's context (when the model reports ``context_length``) are refused with a 4xx before any compute. At
+    most ``max_concurrency`` model calls run at once; the others wait. A call whose client disconnects stops at its
+    next token (for models with a ``cancel`` event, such as `StudentChatModel`), and its slot is freed only then.
     """
-    app = FastAPI(title=f"mentor_agents: {model_name}")
+    app = FastAPI(title=f"mentor_agents: {model_name}", strict_content_type=False)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     app.state.requires_api_key = api_key is not None
     slots = asyncio.Semaphore(max_concurrency)
+    running: set[asyncio.Task] = set()
+    """Model calls in flight, kept referenced until they finish, whether or not their client is still there."""
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError) -> JSONResponse:
         return exc.response()
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return validation_error(exc).response()
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(exc.status_code, str(exc.detail), code="not_found" if exc.status_code == 404 else None)
+        code = {404: "not_found", 413: "body_too_large"}.get(exc.status_code)
+        message = f"request body exceeds the limit of {max_body_bytes} bytes" if code == "body_too_large" \
+            else str(exc.detail)
+        return error_response(exc.status_code, message, code=code)
+
+    async def authorized(request: Request) -> None:
+        check_api_key(request, api_key)
+
+    def in_slot(work: Callable[[], Awaitable[Any]], cancel: threading.Event) -> asyncio.Task:
+        """Run ``work`` once a slot is free, holding the slot until it returns even if its client is gone."""
+        async def run() -> Any:
+            async with slots:
+                if cancel.is_set():
+                    raise ClientGone
+                return await work()
+
+        task = asyncio.create_task(run())
+        running.add(task)
+        task.add_done_callback(running.discard)
+        return task
 
     @app.get("/health")
     async def health() -> dict[str, str]:
         return {"status": "ok", "model": model_name}
 
-    @app.get("/v1/models")
-    async def models(request: Request) -> dict[str, Any]:
-        check_api_key(request, api_key)
+    @app.get("/v1/models", dependencies=[Depends(authorized)])
+    async def models() -> dict[str, Any]:
         return {"object": "list",
                 "data": [{"id": model_name, "object": "model", "created": 0, "owned_by": "mentor_agents"}]}
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request):
-        check_api_key(request, api_key)
-        body = await read_json_body(request, max_body_bytes)
-        if body.get("model") != model_name:
-            raise APIError(404, f"model {body.get('model')!r} is not served here; this server serves {model_name!r}",
+    @app.post("/v1/chat/completions", dependencies=[Depends(authorized)])
+    async def chat_completions(body: ChatCompletionRequest, request: Request):
+        if body.model != model_name:
+            raise APIError(404, f"model {body.model!r} is not served here; this server serves {model_name!r}",
                            param="model", code="model_not_found")
-        messages = to_langchain_messages(body.get("messages"))
-        if body.get("n", 1) != 1:
+        messages = to_langchain_messages(body.messages)
+        if body.n not in (None, 1):
             raise APIError(400, "only n=1 is supported", param="n")
-        call_kwargs: dict[str, Any] = {}
-        settings: dict[str, Any] = {}
+        cancel = threading.Event()
+        settings: dict[str, Any] = {"cancel": cancel}
         for name in ("max_tokens", "max_completion_tokens"):
-            value = body.get(name)
-            if value is None:
-                continue
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise APIError(400, f"'{name}' must be a positive integer", param=name)
-            if value > max_tokens_limit:
+            value = getattr(body, name)
+            if value is not None and value > max_tokens_limit:
                 raise APIError(400, f"'{name}' is {value}; this server allows at most {max_tokens_limit}", param=name)
-            settings["max_tokens"] = value
-        if body.get("temperature") is not None:
-            if not isinstance(body["temperature"], (int, float)) or not 0 <= body["temperature"] <= 2:
-                raise APIError(400, "'temperature' must be a number between 0 and 2", param="temperature")
-            settings["temperature"] = body["temperature"]
-        if body.get("stop") is not None:
-            stop = body["stop"]
-            call_kwargs["stop"] = [stop] if isinstance(stop, str) else stop
-
+            if value is not None:
+                settings["max_tokens"] = value
+        if body.temperature is not None:
+            settings["temperature"] = body.temperature
+        call_kwargs = {"stop": [body.stop] if isinstance(body.stop, str) else body.stop} if body.stop else {}
+        tools = [tool.model_dump(exclude_none=True) for tool in body.tools or []]
         model: Any = configured(chat_model, settings)
-        tools = body.get("tools")
+        await check_context(model, messages, tools)
         if tools:
-            if not isinstance(tools, list) or not all(isinstance(t, dict) and "function" in t for t in tools):
-                raise APIError(400, "'tools' must be a list of {'type': 'function', 'function': {...}}", param="tools")
-            bind_kwargs = {} if body.get("tool_choice") is None else {"tool_choice": body["tool_choice"]}
-            model = model.bind_tools(tools, **bind_kwargs)
+            tool_choice = body.tool_choice.model_dump() if isinstance(body.tool_choice, BaseModel) else body.tool_choice
+            model = model.bind_tools(tools, **({} if tool_choice is None else {"tool_choice": tool_choice}))
 
         completion_id = "chatcmpl-" + uuid.uuid4().hex
         created = int(time.time())
-        if body.get("stream"):
-            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        if body.stream:
+            include_usage = body.stream_options is not None and body.stream_options.include_usage
             return StreamingResponse(
-                stream_events(model, messages, call_kwargs, completion_id, created, include_usage),
+                stream_events(request, model, messages, call_kwargs, cancel, completion_id, created, include_usage),
                 media_type="text/event-stream",
             )
-        async with slots:
-            try:
-                message = await model.ainvoke(messages, **call_kwargs)
-            except Exception as e:
-                return model_error(e)
+        call = in_slot(lambda: model.ainvoke(messages, **call_kwargs), cancel)
+        watcher = asyncio.create_task(cancel_on_disconnect(request, cancel))
+        try:
+            message = await asyncio.shield(call)
+        except Exception as e:
+            return model_error(e)
+        finally:
+            watcher.cancel()
+            cancel.set()
         tool_calls = openai_tool_calls(message)
         text = message.text
         reply: dict[str, Any] = {"role": "assistant", "content": text if text or not tool_calls else None}
@@ -269,41 +410,81 @@ def create_app(chat_model: BaseChatModel, model_name: str, *, api_key: str | Non
             "usage": openai_usage(message),
         }
 
-    async def stream_events(model: Any, messages: list[BaseMessage], call_kwargs: dict[str, Any],
-                            completion_id: str, created: int, include_usage: bool) -> AsyncIterator[str]:
+    async def stream_events(request: Request, model: Any, messages: list[BaseMessage], call_kwargs: dict[str, Any],
+                            cancel: threading.Event, completion_id: str, created: int,
+                            include_usage: bool) -> AsyncIterator[str]:
         def event(delta: dict[str, Any] | None, finish_reason: str | None = None, **extra: Any) -> str:
             chunk = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model_name,
                      "choices": [] if delta is None else
                      [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}], **extra}
             return f"data: {json.dumps(chunk)}\n\n"
 
-        yield event({"role": "assistant", "content": ""})
-        usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-        called = False
-        async with slots:
-            try:
-                async for chunk in model.astream(messages, **call_kwargs):
-                    for delta in chunk_deltas(chunk):
-                        called = called or "tool_calls" in delta
-                        yield event(delta)
-                    if getattr(chunk, "usage_metadata", None):
-                        usage = {k: usage[k] + v for k, v in openai_usage(chunk).items()}
-            except Exception as e:
-                # The status line has gone out already: report the failure in-band, as OpenAI does.
-                yield f"data: {json.dumps(model_error_body(e))}\n\n"
-                yield "data: [DONE]\n\n"
-                return
-        yield event({}, "tool_calls" if called else "stop")
-        if include_usage:
-            yield event(None, usage=usage)
-        yield "data: [DONE]\n\n"
+        chunks: asyncio.Queue = asyncio.Queue()
+
+        async def produce() -> None:
+            async for chunk in model.astream(messages, **call_kwargs):
+                chunks.put_nowait(chunk)
+                if cancel.is_set():
+                    break
+
+        call = in_slot(produce, cancel)
+        # None ends the stream; an exception is reported in-band.
+        call.add_done_callback(lambda task: chunks.put_nowait(None if task.cancelled() else task.exception()))
+        watcher = asyncio.create_task(cancel_on_disconnect(request, cancel))
+        try:
+            yield event({"role": "assistant", "content": ""})
+            usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+            called = False
+            while (chunk := await chunks.get()) is not None:
+                if isinstance(chunk, Exception):
+                    # The status line has gone out already: report the failure in-band, as OpenAI does.
+                    yield f"data: {json.dumps(model_error_body(chunk))}\n\n"
+                    yield "data: [DONE]\n\n"
+                    return
+                for delta in chunk_deltas(chunk):
+                    called = called or "tool_calls" in delta
+                    yield event(delta)
+                if getattr(chunk, "usage_metadata", None):
+                    usage = {k: usage[k] + v for k, v in openai_usage(chunk).items()}
+            yield event({}, "tool_calls" if called else "stop")
+            if include_usage:
+                yield event(None, usage=usage)
+            yield "data: [DONE]\n\n"
+        finally:
+            watcher.cancel()
+            cancel.set()
 
     return app
 
 
-SETTING_FIELDS = {"max_tokens": ("max_tokens", "max_new_tokens"), "temperature": ("temperature",)}
+class ClientGone(Exception):
+    """The client disconnected before its model call got a slot; the call is skipped."""
+
+
+async def cancel_on_disconnect(request: Request, cancel: threading.Event) -> None:
+    """Set ``cancel`` once the client of ``request`` disconnects (its body has been read already)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    cancel.set()
+
+
+async def check_context(model: Any, messages: list[BaseMessage], tools: list[dict[str, Any]]) -> None:
+    """400 ``context_length_exceeded`` when the prompt plus the tokens to generate exceed the model's context."""
+    limit = getattr(model, "context_length", None)
+    if not limit:
+        return
+    max_tokens = next((getattr(model, f) for f in SETTING_FIELDS["max_tokens"] if f in type(model).model_fields), 0)
+    prompt = await asyncio.to_thread(model.get_num_tokens_from_messages, messages, tools)
+    if prompt + (max_tokens or 0) > limit:
+        raise APIError(400, f"this model's context is {limit} tokens, but the messages take {prompt} and "
+                            f"max_tokens asks for {max_tokens} more; shorten the messages or lower max_tokens",
+                       param="messages", code="context_length_exceeded")
+
+
+SETTING_FIELDS = {"max_tokens": ("max_tokens", "max_new_tokens"), "temperature": ("temperature",),
+                  "cancel": ("cancel",)}
 """The chat-model fields that take each request setting: ChatOpenAI has ``max_tokens``, local models
-``max_new_tokens``."""
+``max_new_tokens``; a ``cancel`` event stops a local model's generation once its client is gone."""
 
 
 def configured(chat_model: BaseChatModel, settings: dict[str, Any]) -> BaseChatModel:
