@@ -41,10 +41,11 @@ from transformers import (
     TrainerCallback,
     TrainerState,
 )
-from trl import GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer
+from trl import GRPOConfig, GRPOTrainer, SFTConfig
 from trl.models import unwrap_model_for_generation
 
 from mentor_agents.files import save_dir_atomically, write_text_atomic
+from mentor_agents.prefix_sharing import SharedPrefixGRPOTrainer, SharedPrefixSFTTrainer
 from mentor_agents.references import RewardReference, build_references
 from mentor_agents.rewards import REWARD_NAMES, TeacherGuidedReward
 from mentor_agents.rollouts import Rollout
@@ -256,7 +257,7 @@ def sft(model: str | os.PathLike[str] | PreTrainedModel, tokenizer: PreTrainedTo
         save_strategy="steps" if config.save_steps else "no", save_steps=config.save_steps or 500,
         save_total_limit=config.save_total_limit, max_length=None, dataloader_num_workers=0,
     )
-    trainer = SFTTrainer(
+    trainer = SharedPrefixSFTTrainer(
         model=model, args=args, train_dataset=sft_dataset(traces, tokenizer), processing_class=tokenizer,
         peft_config=config.lora(), callbacks=[MetricsFile(out / "metrics.jsonl")],
     )
@@ -380,7 +381,7 @@ def grpo(model: str | os.PathLike[str] | PreTrainedModel, tokenizer: PreTrainedT
         save_steps=config.save_steps or 500, save_total_limit=config.save_total_limit, dataloader_num_workers=0,
     )
     reward = config.reward_fn
-    trainer = GRPOTrainer(
+    trainer = SharedPrefixGRPOTrainer(
         model=model, reward_funcs=make_reward_func(reward), args=args, train_dataset=grpo_dataset(references),
         processing_class=tokenizer, peft_config=config.lora(),
         rollout_func=make_rollout_func(rollout_fn, references, config),

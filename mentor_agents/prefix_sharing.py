@@ -1,0 +1,208 @@
+"""Shared-prefix training: the prompt that several sequences of a batch share is computed once, not once per row.
+
+An agent's prompt is a long fixed block (system prompt and tool schemas, 1,171 tokens for the 12-tool calculator
+agent) followed by a short question; GRPO scores ``num_generations`` rollouts of the same prompt, and SFT batches
+conversations of the same agent. So 95% of a GRPO loss batch is the same prompt again. `add_shared_prefix_head`
+patches a causal LM so that TRL's fused log-prob call (``model(..., labels=labels, fused_lm_head=True)``, made by
+`GRPOTrainer` and `SFTTrainer`) computes that prefix once (Prefix Grouper, arXiv 2506.05433):
+
+- the batch's longest common prefix (system + tools) runs once, at batch size 1;
+- the rest of each group's prompt (rows whose tokens before the first label agree: a GRPO group) runs once per group,
+  attending to that prefix's keys and values;
+- each row's remainder (its completion, or the rest of a conversation) runs attending to its group's keys and values.
+
+Gradients flow through the shared keys and values, so the loss and the gradients equal the unshared computation up
+to floating-point rounding (tests/test_prefix_sharing.py checks both within fp32 tolerance). The LM head runs only
+on positions that carry a label, on CPU as on GPU (TRL's fused head skips the others only on CUDA/XPU). Measured on
+SmolLM2-135M with the calculator agent: examples/bench_grpo.py, examples/results/bench_grpo.json.
+
+`SharedPrefixGRPOTrainer` and `SharedPrefixSFTTrainer` are TRL's trainers with the patch applied; setting the class
+attribute ``share_prefix = False`` gives TRL's own unshared computation (for the benchmark and the exactness tests).
+"""
+
+from __future__ import annotations
+
+import functools
+import types
+from typing import Sequence
+
+import torch
+from peft import PeftModel
+from transformers import DynamicCache, PreTrainedModel
+from trl import GRPOTrainer, SFTTrainer
+from trl.kernels import ChunkedLogProbFunction
+from trl.trainer.utils import FusedCausalLMOutput
+
+_CHUNK = 32768
+"""Vocabulary tile of the chunked log-prob kernel (TRL's own value)."""
+_SCALED_HEADS = ("logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling")
+
+
+def add_shared_prefix_head(model: PreTrainedModel, temperature: float = 1.0,
+                           outputs: tuple[str, ...] = ("log_probs",)) -> None:
+    """Patch ``model`` (a causal LM, not its PEFT wrapper) so that ``model(input_ids=..., attention_mask=...,
+    labels=..., fused_lm_head=True)`` computes shared prefixes once and returns TRL's `FusedCausalLMOutput`, with
+    ``outputs`` among ``log_probs``, ``entropy``, ``log_sum_sq_probs``, ``mean_logits``, ``is_top1``. Every other
+    call goes to the forward it replaces. Apply it after TRL's ``add_fused_lm_head``."""
+    config = model.config.get_text_config()
+    for name in _SCALED_HEADS:
+        if getattr(config, name, None) is not None:
+            raise ValueError(f"shared-prefix training does not support models with a scaled LM head "
+                             f"(config.{name} = {getattr(config, name)})")
+    if "sliding_attention" in (getattr(config, "layer_types", None) or ()):
+        raise ValueError("shared-prefix training does not support sliding-window attention layers")
+    replaced = model.forward
+
+    @functools.wraps(type(model).forward)  # generate validates its model kwargs against this signature
+    def forward(self, *args, fused_lm_head=False, labels=None, num_items_in_batch=None, **kwargs):
+        if not fused_lm_head:
+            return replaced(*args, labels=labels, **kwargs)
+        kwargs = {k: v for k, v in kwargs.items() if v is not None and k not in ("use_cache", "return_dict")}
+        input_ids, attention_mask = kwargs.pop("input_ids"), kwargs.pop("attention_mask")
+        if args or kwargs:
+            raise TypeError(f"shared-prefix forward takes input_ids, attention_mask and labels only; got also "
+                            f"{sorted(kwargs) or f'{len(args)} positional arguments'}")
+        return shared_prefix_forward(self, input_ids, attention_mask, labels, temperature, outputs,
+                                     num_items_in_batch)
+
+    model.forward = types.MethodType(forward, model)
+
+
+def shared_prefix_forward(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                          labels: torch.Tensor, temperature: float, outputs: Sequence[str],
+                          num_items_in_batch: torch.Tensor | int | None = None) -> FusedCausalLMOutput:
+    """Per-token log-probs (and ``outputs``) of the labels, as TRL's fused head returns them (shape ``(B, W - 1)``,
+    zero where the label is -100), with each shared prefix computed once. Padding may sit on either side."""
+    rows, row_labels, targets, columns = _real_rows(input_ids, attention_mask, labels)
+    groups = _groups(rows, targets)
+    backbone = model.base_model
+    hidden, labels_out, index = [], [], []
+    keys = [rows[members[0]][:first] for first, members in groups]
+    shared = _common_prefix(keys)
+    root = _run(backbone, keys[0][None, :shared], None)[1] if shared else None
+    for key, (first, members) in zip(keys, groups):
+        # The key's last token is run with the rows: its hidden state predicts the first label.
+        cache = _run(backbone, key[None, shared:first - 1], _expand(root, 1))[1] if first - 1 > shared else root
+        tails = [rows[i][first - 1:] for i in members]
+        ids, mask = _right_pad(tails)
+        out, _ = _run(backbone, ids, _expand(cache, len(members)), mask)
+        for row, i in enumerate(members):
+            t = targets[i].nonzero().squeeze(1)  # real-token indices of the labels
+            hidden.append(out[row, t - first])
+            labels_out.append(row_labels[i][t])
+            index.append((torch.full_like(t, i), columns[i][t] - 1))
+    return _head(model, input_ids, hidden, labels_out, index, temperature, outputs, num_items_in_batch)
+
+
+def _real_rows(input_ids, attention_mask, labels):
+    """Per row: its real tokens, their labels, a mask of those that carry a label, and their columns in the batch."""
+    rows, row_labels, targets, columns = [], [], [], []
+    for i in range(input_ids.size(0)):
+        real = attention_mask[i].bool()
+        row_labels.append(labels[i][real])
+        target = row_labels[-1] != -100
+        target[:1] = False  # nothing predicts a row's first token
+        rows.append(input_ids[i][real])
+        targets.append(target)
+        columns.append(real.nonzero().squeeze(1))
+    return rows, row_labels, targets, columns
+
+
+def _groups(rows, targets) -> list[tuple[int, list[int]]]:
+    """Rows with labels, grouped by their tokens before the first label, in order: (first label index, rows)."""
+    groups: dict[tuple[int, ...], tuple[int, list[int]]] = {}
+    for i, (row, target) in enumerate(zip(rows, targets)):
+        if target.any():
+            first = int(target.nonzero()[0])
+            groups.setdefault(tuple(row[:first].tolist()), (first, []))[1].append(i)
+    return list(groups.values())
+
+
+def _common_prefix(keys: list[torch.Tensor]) -> int:
+    """Length of the prefix every key shares, leaving each key's last token out of it."""
+    shortest = min(len(k) for k in keys) - 1
+    n = shortest
+    for key in keys[1:]:
+        differs = (key[:shortest] != keys[0][:shortest]).nonzero()
+        n = min(n, int(differs[0]) if len(differs) else shortest)
+    return n
+
+
+def _run(backbone, ids: torch.Tensor, cache: DynamicCache | None, mask: torch.Tensor | None = None):
+    """The backbone on ``ids`` after the tokens held in ``cache``: last hidden states and the extended cache."""
+    past = 0 if cache is None else cache.get_seq_length()
+    n, length = ids.shape
+    cache = DynamicCache() if cache is None else cache
+    positions = torch.arange(past, past + length, device=ids.device).expand(n, length)
+    if mask is not None:
+        mask = torch.cat([mask.new_ones(n, past), mask], 1)
+    out = backbone(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
+    return out.last_hidden_state, cache
+
+
+def _expand(cache: DynamicCache | None, n: int) -> DynamicCache | None:
+    """A new cache holding ``cache``'s keys and values for ``n`` rows (the original stays as it is)."""
+    if cache is None:
+        return None
+    return DynamicCache(ddp_cache_data=[(layer.keys.expand(n, -1, -1, -1), layer.values.expand(n, -1, -1, -1))
+                                        for layer in cache.layers])
+
+
+def _right_pad(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = rows[0].new_zeros(len(rows), width)
+    mask = torch.zeros_like(ids)
+    for i, row in enumerate(rows):
+        ids[i, :len(row)], mask[i, :len(row)] = row, 1
+    return ids, mask
+
+
+def _head(model, input_ids, hidden, labels, index, temperature, outputs, num_items_in_batch) -> FusedCausalLMOutput:
+    """The LM head on the labelled positions only, scattered back to TRL's ``(B, W - 1)`` layout."""
+    shape = (input_ids.size(0), input_ids.size(1) - 1)
+    rows = torch.cat([r for r, _ in index]) if index else input_ids.new_zeros(0)
+    cols = torch.cat([c for _, c in index]) if index else input_ids.new_zeros(0)
+    head = model.get_output_embeddings()
+    h = torch.cat(hidden) if hidden else head.weight.new_zeros(0, head.weight.size(1))
+    y = torch.cat(labels) if labels else input_ids.new_zeros(0)
+    per_token = ChunkedLogProbFunction.apply(
+        h, head.weight, head.bias, y, temperature, _CHUNK,
+        getattr(model.config.get_text_config(), "final_logit_softcapping", None), 1.0, tuple(outputs))
+    fields = [None if x is None else x.new_zeros(shape).index_put((rows, cols), x) for x in per_token]
+    mask = torch.zeros(shape, dtype=torch.bool, device=input_ids.device).index_put((rows, cols), torch.tensor(True))
+    log_probs = fields[0]
+    loss = -log_probs.sum() / (mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch)
+    return FusedCausalLMOutput(loss=loss, log_probs=log_probs, entropy=fields[1], log_sum_sq_probs=fields[2],
+                               mean_logits=fields[3], is_top1=fields[4], label_mask=mask)
+
+
+def _causal_lm(model) -> PreTrainedModel:
+    return model.get_base_model() if isinstance(model, PeftModel) else model
+
+
+class SharedPrefixGRPOTrainer(GRPOTrainer):
+    """TRL's `GRPOTrainer` whose log-prob computation (policy, and reference when ``beta > 0``) runs each group's
+    shared prompt once and the LM head only on completion tokens. Same losses and gradients as `GRPOTrainer`."""
+
+    share_prefix: bool = True
+    """False: TRL's own unshared computation (the benchmark's and the exactness tests' baseline)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.share_prefix:
+            add_shared_prefix_head(_causal_lm(self.model), self.temperature, ("log_probs", "entropy"))
+            if self.ref_model is not None:
+                add_shared_prefix_head(_causal_lm(self.ref_model), self.temperature)
+
+
+class SharedPrefixSFTTrainer(SFTTrainer):
+    """TRL's `SFTTrainer` whose loss runs the prefix the batch's conversations share (system prompt and tools) once
+    and the LM head only on assistant tokens. Same loss and gradients as `SFTTrainer`."""
+
+    share_prefix: bool = True
+    """False: TRL's own unshared computation."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.share_prefix:
+            add_shared_prefix_head(_causal_lm(self.model), 1.0, ("log_probs", "entropy", "is_top1"))

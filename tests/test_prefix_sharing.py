@@ -1,0 +1,194 @@
+"""Shared-prefix training is exact: the GRPO loss (policy and reference) and the SFT loss, with each shared prompt
+computed once, equal TRL's unshared computation, and so do their gradients (fp32, tolerance 1e-5 relative)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from peft import get_peft_model
+from transformers import LogitsProcessor, LogitsProcessorList
+from trl.trainer.utils import add_fused_lm_head
+
+import mentor_agents.prefix_sharing as prefix_sharing
+from mentor_agents.integrations.langgraph.calculator import ScriptedCalculatorTeacher
+from mentor_agents.integrations.langgraph.recording import record
+from mentor_agents.prefix_sharing import SharedPrefixGRPOTrainer, SharedPrefixSFTTrainer, add_shared_prefix_head
+from mentor_agents.references import build_references
+from mentor_agents.student import load_student
+from mentor_agents.traces import TraceStore
+from mentor_agents.training import TrainConfig, grpo, sft
+from test_training import agent, config, graph_rollout_fn, single_step_tasks, tiny_student
+
+torch.set_num_threads(1)
+OUTPUTS = ("log_probs", "entropy")
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("prefix")
+
+
+@pytest.fixture(scope="module")
+def student_dir(workdir):
+    return tiny_student(workdir / "tiny")
+
+
+@pytest.fixture(scope="module")
+def traces(workdir):
+    teacher = agent(ScriptedCalculatorTeacher())
+    return record(teacher, single_step_tasks(8, "train"), TraceStore(workdir / "traces.jsonl"), progress=False)
+
+
+def lora_model(student_dir, shared: bool):
+    model, _ = load_student(student_dir)
+    add_fused_lm_head(model, temperature=0.7, outputs=OUTPUTS)
+    if shared:
+        add_shared_prefix_head(model, 0.7, OUTPUTS)
+    torch.manual_seed(1)
+    model = get_peft_model(model, TrainConfig().lora())
+    for name, param in model.named_parameters():
+        if "lora_B" in name:  # a trained adapter, so that the policy differs from the reference
+            torch.nn.init.normal_(param, std=0.05)
+    return model
+
+
+def grpo_batch(vocab: int):
+    """Two groups of three rollouts, as GRPOTrainer lays them out: left-padded prompts that share a system block,
+    right-padded completions of different lengths."""
+    torch.manual_seed(0)
+    system = torch.randint(5, vocab, (40,))
+    prompts = [torch.cat([system, torch.randint(5, vocab, (n,))]) for n in (5, 9)]
+    completions = [torch.randint(5, vocab, (n,)) for n in (7, 4, 11, 6, 3, 8)]
+    width_p, width_c = max(map(len, prompts)), max(map(len, completions))
+    ids = torch.zeros(6, width_p + width_c, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, completion in enumerate(completions):
+        prompt = prompts[i // 3]
+        ids[i, width_p - len(prompt):width_p], mask[i, width_p - len(prompt):width_p] = prompt, 1
+        ids[i, width_p:width_p + len(completion)], mask[i, width_p:width_p + len(completion)] = completion, 1
+    labels = ids.masked_fill(mask == 0, -100)
+    labels[:, :width_p] = -100
+    return ids, mask, labels, width_c
+
+
+def grpo_shaped_loss(model, batch):
+    """Policy log-probs, reference log-probs (adapter disabled) and a GRPO-like loss with a KL term."""
+    ids, mask, labels, width = batch
+    with torch.no_grad(), model.disable_adapter():
+        ref = model(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True).log_probs[:, -width:]
+    out = model(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True)
+    logps, scored = out.log_probs[:, -width:], (labels[:, -width:] != -100)
+    advantages = torch.tensor([1.0, -0.5, -0.5, 0.3, 0.2, -0.5])[:, None]
+    kl = torch.exp(ref - logps) - (ref - logps) - 1
+    loss = ((-advantages * torch.exp(logps - logps.detach()) + 0.04 * kl) * scored).sum() / scored.sum()
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return loss.detach(), logps.detach(), ref, out.entropy.detach(), grads
+
+
+def assert_close_grads(expected: dict, actual: dict) -> None:
+    assert expected.keys() == actual.keys() and expected
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_grpo_loss_and_gradients_equal_the_unshared_computation(student_dir):
+    unshared, shared = lora_model(student_dir, False), lora_model(student_dir, True)
+    batch = grpo_batch(unshared.config.vocab_size)
+    want, got = grpo_shaped_loss(unshared, batch), grpo_shaped_loss(shared, batch)
+    for expected, actual in zip(want[:4], got[:4]):
+        torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
+    assert_close_grads(want[4], got[4])
+    assert want[1].abs().sum() > 0 and not torch.equal(want[1], want[2])  # the adapter moved the policy
+
+
+def test_lm_head_runs_only_on_labelled_positions(student_dir, monkeypatch):
+    rows = []
+    apply = prefix_sharing.ChunkedLogProbFunction.apply
+
+    class Counting:
+        @staticmethod
+        def apply(hidden, *args):
+            rows.append(hidden.shape[0])
+            return apply(hidden, *args)
+
+    monkeypatch.setattr(prefix_sharing, "ChunkedLogProbFunction", Counting)
+    model = lora_model(student_dir, True)
+    ids, mask, labels, _ = grpo_batch(model.config.vocab_size)
+    model(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True)
+    assert rows == [int((labels != -100).sum())] and rows[0] < ids.numel() // 4
+
+
+class EndEvenRows(LogitsProcessor):
+    """Even rows answer after a few sampled tokens (the run finishes), odd rows sample on (cut off, reward 0), so
+    that every group has rewards that differ and the loss has a gradient."""
+
+    def __init__(self, tokenizer, after: int = 4):
+        self.end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        self.header = tokenizer.encode("<|im_start|>assistant\n")
+        self.after = after
+
+    def __call__(self, input_ids, scores):
+        for row, ids in enumerate(input_ids.tolist()):
+            start = max(i for i in range(len(ids)) if ids[i:i + len(self.header)] == self.header)
+            if row % 2 == 0 and len(ids) - start - len(self.header) >= self.after:
+                scores[row] = float("-inf")
+                scores[row, self.end] = 0.0
+        return scores
+
+
+def test_grpo_step_through_the_agent_matches_trl(student_dir, traces, workdir, monkeypatch):
+    """Two GRPO steps through the real calculator agent with beta > 0: the same rollouts (same seed) give the same
+    loss, KL, entropy and gradient norm with and without prefix sharing."""
+    references = build_references(traces)
+    ending = LogitsProcessorList([EndEvenRows(load_student(student_dir)[1])])
+    logs = {}
+    for shared in (False, True):
+        monkeypatch.setattr(SharedPrefixGRPOTrainer, "share_prefix", shared)
+        cfg = config(workdir / f"grpo-{shared}", steps=2, prompts_per_step=2, num_generations=3, beta=0.04,
+                     max_new_tokens=12)
+        fn = graph_rollout_fn(agent(ScriptedCalculatorTeacher()), logits_processor=ending)
+        logs[shared] = [h for h in grpo(student_dir, None, references, fn, cfg).metrics if "loss" in h]
+    for unshared, shared in zip(logs[False], logs[True], strict=True):
+        for key in ("loss", "kl", "entropy", "grad_norm", "reward", "completions/mean_length"):
+            assert shared[key] == pytest.approx(unshared[key], rel=1e-4, abs=1e-7), key
+    assert logs[True][0]["grad_norm"] > 0 and logs[True][1]["kl"] > 0
+
+
+def test_sft_loss_and_gradients_equal_the_unshared_computation(student_dir, traces, workdir, monkeypatch):
+    results = {}
+    for shared in (False, True):
+        monkeypatch.setattr(SharedPrefixSFTTrainer, "share_prefix", shared)
+        captured = {}
+
+        class Capture(SharedPrefixSFTTrainer):
+            def training_step(self, model, inputs, num_items_in_batch=None):
+                loss = super().training_step(model, inputs, num_items_in_batch)
+                captured["inputs"] = inputs
+                captured["grads"] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+                captured["loss"] = loss.detach()
+                self.control.should_training_stop = True
+                return loss
+
+        monkeypatch.setattr("mentor_agents.training.SharedPrefixSFTTrainer", Capture)
+        sft(student_dir, None, traces, config(workdir / f"sft-{shared}", sft_steps=1, sft_batch_size=4,
+                                              lora_dropout=0.0))
+        results[shared] = captured
+    ids = results[True]["inputs"]["input_ids"]
+    assert ids.shape[0] == 4 and torch.equal(ids, results[False]["inputs"]["input_ids"])
+    torch.testing.assert_close(results[True]["loss"], results[False]["loss"], rtol=1e-5, atol=1e-6)
+    assert_close_grads(results[False]["grads"], results[True]["grads"])
+
+
+def test_unsupported_inputs_get_a_clear_error(student_dir):
+    model = lora_model(student_dir, True)
+    ids, mask, labels, _ = grpo_batch(model.config.vocab_size)
+    with pytest.raises(TypeError, match="position_ids"):
+        model(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True,
+              position_ids=torch.arange(ids.shape[1])[None])
+    scaled = copy.deepcopy(load_student(student_dir)[0])
+    scaled.config.logit_scale = 2.0
+    with pytest.raises(ValueError, match="logit_scale"):
+        add_shared_prefix_head(scaled)
