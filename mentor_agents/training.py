@@ -241,7 +241,7 @@ def sft_dataset(traces: Sequence[Trace], tokenizer: PreTrainedTokenizerBase, max
 
 def sft(model: str | os.PathLike[str] | PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None,
         traces: Sequence[Trace], config: TrainConfig, output_dir: str | os.PathLike[str] | None = None,
-        ) -> TrainResult:
+        callbacks: Sequence[TrainerCallback] = ()) -> TrainResult:
     """Supervised fine-tuning (LoRA) on the teacher traces, with loss on the assistant tokens only."""
     if traces and not isinstance(traces[0], Trace):
         raise TypeError(f"sft needs Trace records (full conversations), got {type(traces[0]).__name__}")
@@ -259,7 +259,7 @@ def sft(model: str | os.PathLike[str] | PreTrainedModel, tokenizer: PreTrainedTo
     )
     trainer = SharedPrefixSFTTrainer(
         model=model, args=args, train_dataset=sft_dataset(traces, tokenizer), processing_class=tokenizer,
-        peft_config=config.lora(), callbacks=[MetricsFile(out / "metrics.jsonl")],
+        peft_config=config.lora(), callbacks=[MetricsFile(out / "metrics.jsonl"), *callbacks],
     )
     _train(trainer, out, config.resume)
     return _finish(trainer, "sft", out, _name_of(model))
