@@ -22,12 +22,14 @@ attribute ``share_prefix = False`` gives TRL's own unshared computation (for the
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import types
 from typing import Sequence
 
 import torch
 from peft import PeftModel
+from torch.utils.checkpoint import checkpoint
 from transformers import DynamicCache, PreTrainedModel
 from trl import GRPOTrainer, SFTTrainer
 from trl.kernels import ChunkedLogProbFunction
@@ -72,25 +74,27 @@ def shared_prefix_forward(model: PreTrainedModel, input_ids: torch.Tensor, atten
                           labels: torch.Tensor, temperature: float, outputs: Sequence[str],
                           num_items_in_batch: torch.Tensor | int | None = None) -> FusedCausalLMOutput:
     """Per-token log-probs (and ``outputs``) of the labels, as TRL's fused head returns them (shape ``(B, W - 1)``,
-    zero where the label is -100), with each shared prefix computed once. Padding may sit on either side."""
+    zero where the label is -100), with each shared prefix computed once. Padding may sit on either side.
+
+    Under gradient checkpointing each segment (the shared prefix, a group's prompt, a group's rows) is recomputed
+    in the backward pass as a whole, since the model's per-layer checkpointing cannot carry a KV cache."""
     rows, row_labels, targets, columns = _real_rows(input_ids, attention_mask, labels)
     groups = _groups(rows, targets)
-    backbone = model.base_model
-    hidden, labels_out, index = [], [], []
     keys = [rows[members[0]][:first] for first, members in groups]
     shared = _common_prefix(keys)
-    root = _run(backbone, keys[0][None, :shared], None)[1] if shared else None
-    for key, (first, members) in zip(keys, groups):
-        # The key's last token is run with the rows: its hidden state predicts the first label.
-        cache = _run(backbone, key[None, shared:first - 1], _expand(root, 1))[1] if first - 1 > shared else root
-        tails = [rows[i][first - 1:] for i in members]
-        ids, mask = _right_pad(tails)
-        out, _ = _run(backbone, ids, _expand(cache, len(members)), mask)
-        for row, i in enumerate(members):
-            t = targets[i].nonzero().squeeze(1)  # real-token indices of the labels
-            hidden.append(out[row, t - first])
-            labels_out.append(row_labels[i][t])
-            index.append((torch.full_like(t, i), columns[i][t] - 1))
+    with _segments(model.base_model) as run:
+        root = run(keys[0][None, :shared], None, keep=True)[1] if shared else None
+        hidden, labels_out, index = [], [], []
+        for key, (first, members) in zip(keys, groups):
+            # The key's last token is run with the rows: its hidden state predicts the first label.
+            cache = run(key[None, shared:first - 1], root, keep=True)[1] if first - 1 > shared else root
+            ids, mask = _right_pad([rows[i][first - 1:] for i in members])
+            out = run(ids, cache, mask)[0]
+            for row, i in enumerate(members):
+                t = targets[i].nonzero().squeeze(1)  # real-token indices of the labels
+                hidden.append(out[row, t - first])
+                labels_out.append(row_labels[i][t])
+                index.append((torch.full_like(t, i), columns[i][t] - 1))
     return _head(model, input_ids, hidden, labels_out, index, temperature, outputs, num_items_in_batch)
 
 
@@ -128,24 +132,52 @@ def _common_prefix(keys: list[torch.Tensor]) -> int:
     return n
 
 
-def _run(backbone, ids: torch.Tensor, cache: DynamicCache | None, mask: torch.Tensor | None = None):
-    """The backbone on ``ids`` after the tokens held in ``cache``: last hidden states and the extended cache."""
-    past = 0 if cache is None else cache.get_seq_length()
+@contextlib.contextmanager
+def _segments(backbone):
+    """Yields ``run(ids, past, mask=None, keep=False) -> (hidden, cache)``: the backbone on ``ids`` after the keys and
+    values in ``past`` (a cache, left as it is), with the new cache when ``keep``. With the backbone's gradient
+    checkpointing on, its layers stop checkpointing meanwhile and each run is checkpointed whole instead."""
+    layers = [m for m in backbone.modules() if getattr(m, "gradient_checkpointing", False)]
+    checkpointed = bool(layers) and backbone.training and torch.is_grad_enabled()
+    for layer in layers:
+        layer.gradient_checkpointing = False
+
+    def run(ids, past, mask=None, keep=False):
+        kv = [] if past is None else [t for layer in past.layers for t in (layer.keys, layer.values)]
+        if not checkpointed:
+            return _unflatten(_run(backbone, ids, mask, keep, *kv))
+        return _unflatten(checkpoint(_run, backbone, ids, mask, keep, *kv, use_reentrant=False))
+
+    try:
+        yield run
+    finally:
+        for layer in layers:
+            layer.gradient_checkpointing = True
+
+
+def _run(backbone, ids: torch.Tensor, mask: torch.Tensor | None, keep: bool, *past: torch.Tensor):
+    """Last hidden states of ``ids`` after the keys and values ``past`` (flat: k0, v0, k1, v1, ...), and the flat
+    keys and values with ``ids`` appended when ``keep``."""
     n, length = ids.shape
-    cache = DynamicCache() if cache is None else cache
-    positions = torch.arange(past, past + length, device=ids.device).expand(n, length)
+    cache = _cache(past, n)
+    start = cache.get_seq_length()
+    positions = torch.arange(start, start + length, device=ids.device).expand(n, length)
     if mask is not None:
-        mask = torch.cat([mask.new_ones(n, past), mask], 1)
+        mask = torch.cat([mask.new_ones(n, start), mask], 1)
     out = backbone(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
-    return out.last_hidden_state, cache
+    kept = [t for layer in cache.layers for t in (layer.keys, layer.values)] if keep else []
+    return (out.last_hidden_state, *kept)
 
 
-def _expand(cache: DynamicCache | None, n: int) -> DynamicCache | None:
-    """A new cache holding ``cache``'s keys and values for ``n`` rows (the original stays as it is)."""
-    if cache is None:
-        return None
-    return DynamicCache(ddp_cache_data=[(layer.keys.expand(n, -1, -1, -1), layer.values.expand(n, -1, -1, -1))
-                                        for layer in cache.layers])
+def _cache(past: Sequence[torch.Tensor], n: int) -> DynamicCache:
+    """A new cache holding the flat keys and values ``past`` (batch 1) for ``n`` rows."""
+    return DynamicCache(ddp_cache_data=[(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1))
+                                        for k, v in zip(past[0::2], past[1::2])]) if past else DynamicCache()
+
+
+def _unflatten(out) -> tuple[torch.Tensor, DynamicCache | None]:
+    hidden, *kv = out
+    return hidden, _cache(kv, 1) if kv else None
 
 
 def _right_pad(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
