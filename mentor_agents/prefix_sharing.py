@@ -22,7 +22,6 @@ attribute ``share_prefix = False`` gives TRL's own unshared computation (for the
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import types
 from typing import Sequence
@@ -82,19 +81,19 @@ def shared_prefix_forward(model: PreTrainedModel, input_ids: torch.Tensor, atten
     groups = _groups(rows, targets)
     keys = [rows[members[0]][:first] for first, members in groups]
     shared = _common_prefix(keys)
-    with _segments(model.base_model) as run:
-        root = run(keys[0][None, :shared], None, keep=True)[1] if shared else None
-        hidden, labels_out, index = [], [], []
-        for key, (first, members) in zip(keys, groups):
-            # The key's last token is run with the rows: its hidden state predicts the first label.
-            cache = run(key[None, shared:first - 1], root, keep=True)[1] if first - 1 > shared else root
-            ids, mask = _right_pad([rows[i][first - 1:] for i in members])
-            out = run(ids, cache, mask)[0]
-            for row, i in enumerate(members):
-                t = targets[i].nonzero().squeeze(1)  # real-token indices of the labels
-                hidden.append(out[row, t - first])
-                labels_out.append(row_labels[i][t])
-                index.append((torch.full_like(t, i), columns[i][t] - 1))
+    run = _segments(model.base_model)
+    root = run(keys[0][None, :shared], None, keep=True)[1] if shared else None
+    hidden, labels_out, index = [], [], []
+    for key, (first, members) in zip(keys, groups):
+        # The key's last token is run with the rows: its hidden state predicts the first label.
+        cache = run(key[None, shared:first - 1], root, keep=True)[1] if first - 1 > shared else root
+        ids, mask = _right_pad([rows[i][first - 1:] for i in members])
+        out = run(ids, cache, mask)[0]
+        for row, i in enumerate(members):
+            t = targets[i].nonzero().squeeze(1)  # real-token indices of the labels
+            hidden.append(out[row, t - first])
+            labels_out.append(row_labels[i][t])
+            index.append((torch.full_like(t, i), columns[i][t] - 1))
     return _head(model, input_ids, hidden, labels_out, index, temperature, outputs, num_items_in_batch)
 
 
@@ -132,15 +131,12 @@ def _common_prefix(keys: list[torch.Tensor]) -> int:
     return n
 
 
-@contextlib.contextmanager
 def _segments(backbone):
-    """Yields ``run(ids, past, mask=None, keep=False) -> (hidden, cache)``: the backbone on ``ids`` after the keys and
-    values in ``past`` (a cache, left as it is), with the new cache when ``keep``. With the backbone's gradient
-    checkpointing on, its layers stop checkpointing meanwhile and each run is checkpointed whole instead."""
-    layers = [m for m in backbone.modules() if getattr(m, "gradient_checkpointing", False)]
-    checkpointed = bool(layers) and backbone.training and torch.is_grad_enabled()
-    for layer in layers:
-        layer.gradient_checkpointing = False
+    """``run(ids, past, mask=None, keep=False) -> (hidden, cache)``: the backbone on ``ids`` after the keys and values
+    in ``past`` (a cache, left as it is), with the new cache when ``keep``. With the backbone's gradient checkpointing
+    on, each run is checkpointed whole."""
+    checkpointed = backbone.training and torch.is_grad_enabled() and any(
+        getattr(m, "gradient_checkpointing", False) for m in backbone.modules())
 
     def run(ids, past, mask=None, keep=False):
         kv = [] if past is None else [t for layer in past.layers for t in (layer.keys, layer.values)]
@@ -148,11 +144,7 @@ def _segments(backbone):
             return _unflatten(_run(backbone, ids, mask, keep, *kv))
         return _unflatten(checkpoint(_run, backbone, ids, mask, keep, *kv, use_reentrant=False))
 
-    try:
-        yield run
-    finally:
-        for layer in layers:
-            layer.gradient_checkpointing = True
+    return run
 
 
 def _run(backbone, ids: torch.Tensor, mask: torch.Tensor | None, keep: bool, *past: torch.Tensor):
@@ -164,7 +156,16 @@ def _run(backbone, ids: torch.Tensor, mask: torch.Tensor | None, keep: bool, *pa
     positions = torch.arange(start, start + length, device=ids.device).expand(n, length)
     if mask is not None:
         mask = torch.cat([mask.new_ones(n, start), mask], 1)
-    out = backbone(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
+    # The model's per-layer checkpointing would drop the cache; the caller checkpoints this whole run instead (and
+    # the recomputation in the backward pass comes through here too).
+    layers = [m for m in backbone.modules() if getattr(m, "gradient_checkpointing", False)]
+    for layer in layers:
+        layer.gradient_checkpointing = False
+    try:
+        out = backbone(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
+    finally:
+        for layer in layers:
+            layer.gradient_checkpointing = True
     kept = [t for layer in cache.layers for t in (layer.keys, layer.values)] if keep else []
     return (out.last_hidden_state, *kept)
 

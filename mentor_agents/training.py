@@ -116,12 +116,22 @@ class TrainConfig:
     logging_steps: int = 1
     use_cpu: bool | None = None
     """None picks CUDA when present, else CPU."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass instead of keeping them: less memory for more compute. With the
+    shared-prefix loss each segment (shared prompt, group prompt, group rows) is recomputed whole; measured effect on
+    SmolLM2-135M: examples/results/bench_grpo.json (``grpo_shared_checkpointing``)."""
+    bf16: bool = False
+    """bf16 autocast on CPU for the loss forward and backward (needs native bf16: AVX512-BF16 or AMX; CUDA uses bf16
+    whenever it supports it, this switch or not). Opt-in: it moves log-probs by up to about 0.06 nats and has not
+    been shown not to hurt learning; measured effect: examples/results/bench_grpo.json (``grpo_shared_bf16``)."""
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if self.reward not in REWARD_NAMES:
             raise ValueError(f"reward must be one of {', '.join(REWARD_NAMES)}, got {self.reward!r}")
+        if self.bf16 and self.device_is_cpu and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            raise ValueError("bf16=True needs a CPU with native bf16 (AVX512-BF16 or AMX); this one has neither")
         if self.num_generations < 2:
             raise ValueError(f"num_generations must be at least 2 for group-normalised advantages, got "
                              f"{self.num_generations}")
@@ -253,7 +263,8 @@ def sft(model: str | os.PathLike[str] | PreTrainedModel, tokenizer: PreTrainedTo
         max_steps=config.sft_steps, per_device_train_batch_size=_per_device(config.sft_batch_size, "sft_batch_size"),
         lr_scheduler_type=config.sft_lr_scheduler,
         warmup_steps=0, logging_steps=config.logging_steps, report_to=config.report_to, seed=config.seed,
-        data_seed=config.seed, use_cpu=cpu, bf16=_bf16(cpu), gradient_checkpointing=False,
+        data_seed=config.seed, use_cpu=cpu, bf16=_bf16(config),
+        gradient_checkpointing=config.gradient_checkpointing,
         save_strategy="steps" if config.save_steps else "no", save_steps=config.save_steps or 500,
         save_total_limit=config.save_total_limit, max_length=None, dataloader_num_workers=0,
     )
@@ -376,8 +387,8 @@ def grpo(model: str | os.PathLike[str] | PreTrainedModel, tokenizer: PreTrainedT
         gradient_accumulation_steps=1, num_generations=config.num_generations,
         max_completion_length=config.max_completion_length, temperature=config.temperature, beta=config.beta,
         loss_type=config.loss_type, scale_rewards=config.scale_rewards, logging_steps=config.logging_steps,
-        report_to=config.report_to, seed=config.seed, data_seed=config.seed, use_cpu=cpu, bf16=_bf16(cpu),
-        gradient_checkpointing=False, save_strategy="steps" if config.save_steps else "no",
+        report_to=config.report_to, seed=config.seed, data_seed=config.seed, use_cpu=cpu, bf16=_bf16(config),
+        gradient_checkpointing=config.gradient_checkpointing, save_strategy="steps" if config.save_steps else "no",
         save_steps=config.save_steps or 500, save_total_limit=config.save_total_limit, dataloader_num_workers=0,
     )
     reward = config.reward_fn
@@ -584,5 +595,5 @@ def _per_device(batch: int, name: str) -> int:
     return batch // processes
 
 
-def _bf16(cpu: bool) -> bool:
-    return not cpu and torch.cuda.is_bf16_supported()
+def _bf16(config: TrainConfig) -> bool:
+    return config.bf16 if config.device_is_cpu else torch.cuda.is_bf16_supported()

@@ -104,6 +104,18 @@ def test_grpo_loss_and_gradients_equal_the_unshared_computation(student_dir):
     assert want[1].abs().sum() > 0 and not torch.equal(want[1], want[2])  # the adapter moved the policy
 
 
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(student_dir):
+    plain, checkpointed = lora_model(student_dir, True), lora_model(student_dir, True)
+    checkpointed.gradient_checkpointing_enable({"use_reentrant": False})
+    plain.train(), checkpointed.train()
+    batch = grpo_batch(plain.config.vocab_size)
+    want, got = grpo_shaped_loss(plain, batch), grpo_shaped_loss(checkpointed, batch)
+    torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-6)
+    assert_close_grads(want[4], got[4])
+    layers = [m for m in checkpointed.modules() if hasattr(m, "gradient_checkpointing")]
+    assert layers and all(m.gradient_checkpointing for m in layers)  # switched back on after the forward
+
+
 def test_lm_head_runs_only_on_labelled_positions(student_dir, monkeypatch):
     rows = []
     apply = prefix_sharing.ChunkedLogProbFunction.apply
@@ -141,20 +153,20 @@ class EndEvenRows(LogitsProcessor):
 
 def test_grpo_step_through_the_agent_matches_trl(student_dir, traces, workdir, monkeypatch):
     """Two GRPO steps through the real calculator agent with beta > 0: the same rollouts (same seed) give the same
-    loss, KL, entropy and gradient norm with and without prefix sharing."""
+    loss, KL, entropy and gradient norm with and without prefix sharing, and with gradient checkpointing."""
     references = build_references(traces)
     ending = LogitsProcessorList([EndEvenRows(load_student(student_dir)[1])])
     logs = {}
-    for shared in (False, True):
+    for shared, checkpointing in ((False, False), (True, False), (True, True)):
         monkeypatch.setattr(SharedPrefixGRPOTrainer, "share_prefix", shared)
-        cfg = config(workdir / f"grpo-{shared}", steps=2, prompts_per_step=2, num_generations=3, beta=0.04,
-                     max_new_tokens=12)
+        cfg = config(workdir / f"grpo-{shared}-{checkpointing}", steps=2, prompts_per_step=2, num_generations=3,
+                     beta=0.04, max_new_tokens=12, gradient_checkpointing=checkpointing)
         fn = graph_rollout_fn(agent(ScriptedCalculatorTeacher()), logits_processor=ending)
-        logs[shared] = [h for h in grpo(student_dir, None, references, fn, cfg).metrics if "loss" in h]
-    for unshared, shared in zip(logs[False], logs[True], strict=True):
+        logs[shared, checkpointing] = [h for h in grpo(student_dir, None, references, fn, cfg).metrics if "loss" in h]
+    for unshared, *others in zip(logs[False, False], logs[True, False], logs[True, True], strict=True):
         for key in ("loss", "kl", "entropy", "grad_norm", "reward", "completions/mean_length"):
-            assert shared[key] == pytest.approx(unshared[key], rel=1e-4, abs=1e-7), key
-    assert logs[True][0]["grad_norm"] > 0 and logs[True][1]["kl"] > 0
+            assert all(other[key] == pytest.approx(unshared[key], rel=1e-4, abs=1e-7) for other in others), key
+    assert logs[True, False][0]["grad_norm"] > 0 and logs[True, False][1]["kl"] > 0
 
 
 def test_sft_loss_and_gradients_equal_the_unshared_computation(student_dir, traces, workdir, monkeypatch):
