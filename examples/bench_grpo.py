@@ -9,7 +9,9 @@ Variants (each in its own subprocess, so that each peak RSS is its own):
   `SharedPrefixGRPOTrainer`), each group's prompt computed once in the loss and the reference forward;
 - ``grpo_unshared``: the same step with ``SharedPrefixGRPOTrainer.share_prefix = False`` (TRL's log-prob path);
 - ``grpo_trl``: plain TRL ``GRPOTrainer(tools=...)`` on the same twelve tools and system prompt, its own rollouts;
-- ``sft_shared`` / ``sft_unshared``: one SFT step (`mentor_agents.training.sft`) on teacher conversations.
+- ``sft_shared`` / ``sft_unshared``: one SFT step (`mentor_agents.training.sft`) on teacher conversations;
+- ``*_checkpointing`` / ``*_bf16``: the shared steps with ``TrainConfig(gradient_checkpointing=True)`` or
+  ``TrainConfig(bf16=True)`` (``--switches``; on by default, off with ``--quick``).
 
 Reported per variant: CPU seconds per step (``time.process_time``, the whole process; the machine is shared, so
 wall-clock ratios swing 2-3x), wall seconds, the rollout's share of both, peak RSS, and achieved FLOP/s of the step
@@ -39,7 +41,8 @@ from pathlib import Path
 import torch
 
 STUDENTS = {"tiny": "tiny", "smollm2-135m": "smollm2-135m-instruct"}
-GRPO_VARIANTS = ("grpo_shared", "grpo_unshared", "grpo_trl")
+VARIANTS = ("grpo_shared", "grpo_unshared", "grpo_trl", "sft_shared", "sft_unshared",
+            "grpo_shared_checkpointing", "grpo_shared_bf16", "sft_shared_checkpointing", "sft_shared_bf16")
 
 
 # ------------------------------------------------------------------------------------------- one variant, in-process
@@ -115,8 +118,9 @@ def run_variant(args) -> dict:
     traces, references = calculator_data(work, 4 * args.prompts)
     config = TrainConfig(output_dir=str(work / "runs"), steps=args.steps, prompts_per_step=args.prompts,
                          num_generations=args.generations, max_new_tokens=args.max_new_tokens,
-                         max_turns=args.max_turns, sft_steps=args.steps, sft_batch_size=args.sft_batch)
-    SharedPrefixGRPOTrainer.share_prefix = SharedPrefixSFTTrainer.share_prefix = args.run.endswith("_shared")
+                         max_turns=args.max_turns, sft_steps=args.steps, sft_batch_size=args.sft_batch,
+                         gradient_checkpointing=args.run.endswith("_checkpointing"), bf16=args.run.endswith("_bf16"))
+    SharedPrefixGRPOTrainer.share_prefix = SharedPrefixSFTTrainer.share_prefix = "_shared" in args.run
     if args.run.startswith("sft"):
         sft(model, tokenizer, traces, config, output_dir=work / "sft", callbacks=[clock.callback])
     elif args.run == "grpo_trl":
@@ -192,35 +196,38 @@ def spawn(student: str, variant: str, prompts: int, args, cache: Path) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def bench_student(student: str, args, cache: Path, ceiling: float) -> dict:
+def bench_student(student: str, args, cache: Path, ceiling: float, runs: dict) -> dict:
+    """Runs the variants (those in ``--only``, when given) into ``runs`` and returns them with the ratios."""
     baseline = args.baseline_prompts.get(student, args.prompts)
-    runs = {"grpo_shared": spawn(student, "grpo_shared", args.prompts, args, cache)}
-    if baseline != args.prompts:
-        runs[f"grpo_shared@{baseline}"] = spawn(student, "grpo_shared", baseline, args, cache)
-    for variant in ("grpo_unshared", "grpo_trl", "sft_shared", "sft_unshared"):
-        runs[variant] = spawn(student, variant, baseline if variant.startswith("grpo") else args.prompts, args, cache)
-    for run in runs.values():
+    plan = {"grpo_shared": args.prompts, f"grpo_shared@{baseline}": baseline, "grpo_unshared": baseline,
+            "grpo_trl": baseline, "sft_shared": args.prompts, "sft_unshared": args.prompts}
+    if args.switches:
+        plan.update({v: args.prompts for v in VARIANTS if v.endswith(("_checkpointing", "_bf16"))})
+    for name, prompts in plan.items():
+        if name == f"grpo_shared@{args.prompts}" or (args.only and name.split("@")[0] not in args.only):
+            continue
+        runs[name] = run = spawn(student, name.split("@")[0], prompts, args, cache)
         if "cpu_s" in run:
             run["gflop_per_cpu_s"] = run["gflop"] / run["cpu_s"]
             run["share_of_matmul_ceiling"] = run["gflop_per_cpu_s"] / ceiling
-        print(f"{student:13s} {run['variant']:14s} x{run['prompts']}: " + (
+        print(f"{student:13s} {run['variant']:25s} x{run['prompts']}: " + (
             f"{run['cpu_s']:8.1f} CPU s/step (rollout {run['rollout_cpu_s']:6.1f}), wall {run['wall_s']:7.1f} s, "
             f"peak RSS {run['peak_rss_mb']:6.0f} MB, {run['gflop_per_cpu_s']:5.1f} GFLOP/s"
             if "cpu_s" in run else run["error"]), flush=True)
-    shared = runs[f"grpo_shared@{baseline}" if baseline != args.prompts else "grpo_shared"]
-    ok = all("cpu_s" in r for r in (shared, runs["grpo_unshared"], runs["grpo_trl"], runs["sft_shared"],
-                                    runs["sft_unshared"]))
     result = {"runs": runs, "baseline_prompts": baseline}
-    if ok:
+    shared = runs.get(f"grpo_shared@{baseline}" if baseline != args.prompts else "grpo_shared", {})
+    if all("cpu_s" in runs.get(k, {}) for k in ("grpo_unshared", "grpo_trl", "sft_shared", "sft_unshared")) \
+            and "cpu_s" in shared:
+        unshared = runs["grpo_unshared"]
         result.update(
-            speedup_vs_unshared=runs["grpo_unshared"]["cpu_s"] / shared["cpu_s"],
+            speedup_vs_unshared=unshared["cpu_s"] / shared["cpu_s"],
             step_time_ratio_vs_trl=shared["cpu_s"] / runs["grpo_trl"]["cpu_s"],
             sft_speedup_vs_unshared=runs["sft_unshared"]["cpu_s"] / runs["sft_shared"]["cpu_s"],
-            training_speedup_vs_unshared=(runs["grpo_unshared"]["cpu_s"] - runs["grpo_unshared"]["rollout_cpu_s"])
+            loss_part_speedup_vs_unshared=(unshared["cpu_s"] - unshared["rollout_cpu_s"])
             / (shared["cpu_s"] - shared["rollout_cpu_s"]),
         )
         print(f"{student}: GRPO {result['speedup_vs_unshared']:.2f}x less CPU than unshared (loss part alone "
-              f"{result['training_speedup_vs_unshared']:.2f}x), {result['step_time_ratio_vs_trl']:.2f}x plain TRL; "
+              f"{result['loss_part_speedup_vs_unshared']:.2f}x), {result['step_time_ratio_vs_trl']:.2f}x plain TRL; "
               f"SFT {result['sft_speedup_vs_unshared']:.2f}x", flush=True)
     return result
 
@@ -238,7 +245,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2, help="measured steps per variant (the median is reported)")
     parser.add_argument("--sft-batch", type=int, default=2, help="conversations per SFT step")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "bench_grpo.json"))
-    parser.add_argument("--run", choices=[*GRPO_VARIANTS, "sft_shared", "sft_unshared"], help=argparse.SUPPRESS)
+    parser.add_argument("--switches", action=argparse.BooleanOptionalAction, default=None,
+                        help="also the shared steps with gradient checkpointing and with bf16 autocast (default: "
+                        "on, off with --quick)")
+    parser.add_argument("--only", nargs="+", choices=VARIANTS, help="run these variants and keep the file's others")
+    parser.add_argument("--run", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--student", help=argparse.SUPPRESS)
     parser.add_argument("--cache", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -248,6 +259,7 @@ def main() -> None:
         return
     students = ["tiny"] if args.quick else args.students
     args.steps = 1 if args.quick else args.steps
+    args.switches = not args.quick if args.switches is None else args.switches
     args.baseline_prompts = {"smollm2-135m": args.baseline_prompts}
     args.sft_batch = {"tiny": 4, "smollm2-135m": args.sft_batch}
     cache = Path(tempfile.mkdtemp(prefix="bench-grpo-cache-"))
@@ -262,7 +274,8 @@ def main() -> None:
     print(f"fp32 matmul ceiling: {ceiling:.0f} GFLOP/s (one core)")
     for student in students:
         load = os.getloadavg()
-        results["students"][student] = bench_student(student, args, cache, ceiling)
+        runs = results["students"].get(student, {}).get("runs", {}) if args.only else {}
+        results["students"][student] = bench_student(student, args, cache, ceiling, runs)
         results["students"][student]["load_average"] = [load, os.getloadavg()]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
