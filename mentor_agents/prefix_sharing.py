@@ -32,7 +32,7 @@ from torch.utils.checkpoint import checkpoint
 from transformers import DynamicCache, PreTrainedModel
 from trl import GRPOTrainer, SFTTrainer
 from trl.kernels import ChunkedLogProbFunction
-from trl.trainer.utils import FusedCausalLMOutput
+from trl.trainer.utils import FusedCausalLMOutput, pad
 
 _CHUNK = 32768
 """Vocabulary tile of the chunked log-prob kernel (TRL's own value)."""
@@ -215,17 +215,57 @@ def _causal_lm(model) -> PreTrainedModel:
 
 class SharedPrefixGRPOTrainer(GRPOTrainer):
     """TRL's `GRPOTrainer` whose log-prob computation (policy, and reference when ``beta > 0``) runs each group's
-    shared prompt once and the LM head only on completion tokens. Same losses and gradients as `GRPOTrainer`."""
+    shared prompt once and the LM head only on the completion tokens that carry loss (the sampled ones, not tool
+    output). Same losses, gradients and metrics as `GRPOTrainer`."""
 
     share_prefix: bool = True
     """False: TRL's own unshared computation (the benchmark's and the exactness tests' baseline)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        self._loss_mask: torch.Tensor | None = None
         if self.share_prefix:
             add_shared_prefix_head(_causal_lm(self.model), self.temperature, ("log_probs", "entropy"))
             if self.ref_model is not None:
                 add_shared_prefix_head(_causal_lm(self.ref_model), self.temperature)
+
+    def _generate(self, prompts):
+        generated = super()._generate(prompts)
+        tool_masks = generated[2]
+        if tool_masks is not None:  # for the reference forward that follows: tool output carries no loss
+            self._loss_mask = pad([torch.tensor(m) for m in tool_masks], padding_value=1, padding_side="right",
+                                  pad_to_multiple_of=self.pad_to_multiple_of).to(self.accelerator.device)
+        return generated
+
+    def _generate_and_score_completions(self, inputs):
+        try:
+            return super()._generate_and_score_completions(inputs)
+        finally:
+            self._loss_mask = None
+
+    def _compute_loss(self, model, inputs):
+        self._loss_mask = inputs.get("tool_mask")
+        try:
+            return super()._compute_loss(model, inputs)
+        finally:
+            self._loss_mask = None
+
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
+                                           compute_entropy=False, compute_aux_loss=False, **multimodal):
+        if not self.share_prefix or compute_aux_loss or any(v is not None for v in multimodal.values()):
+            return super()._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy, compute_aux_loss,
+                **multimodal)
+        # TRL's labels (the completion tokens), less those that carry no loss; the whole batch at once, since the
+        # shared prefix already keeps the memory down.
+        labels = input_ids.masked_fill(attention_mask == 0, -100)
+        labels[:, :-logits_to_keep] = -100
+        if self._loss_mask is not None:
+            labels[:, -logits_to_keep:] = labels[:, -logits_to_keep:].masked_fill(self._loss_mask == 0, -100)
+        with self.accelerator.autocast():
+            out = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, fused_lm_head=True)
+        entropy = out.entropy[:, -logits_to_keep:] if compute_entropy else None
+        return out.log_probs[:, -logits_to_keep:], entropy, None
 
 
 class SharedPrefixSFTTrainer(SFTTrainer):

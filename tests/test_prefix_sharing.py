@@ -133,40 +133,49 @@ def test_lm_head_runs_only_on_labelled_positions(student_dir, monkeypatch):
     assert rows == [int((labels != -100).sum())] and rows[0] < ids.numel() // 4
 
 
-class EndEvenRows(LogitsProcessor):
-    """Even rows answer after a few sampled tokens (the run finishes), odd rows sample on (cut off, reward 0), so
-    that every group has rewards that differ and the loss has a gradient."""
+class CallThenEndEvenRows(LogitsProcessor):
+    """First turn: every row calls a tool (so tool output sits inside the completions). Later turns: even rows
+    answer after a few sampled tokens, odd rows sample on, so that each group's rewards differ."""
 
     def __init__(self, tokenizer, after: int = 4):
         self.end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        self.call = tokenizer.encode('<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": 2}}\n</tool_call>')
         self.header = tokenizer.encode("<|im_start|>assistant\n")
-        self.after = after
+        self.tokenizer, self.after = tokenizer, after
 
     def __call__(self, input_ids, scores):
         for row, ids in enumerate(input_ids.tolist()):
-            start = max(i for i in range(len(ids)) if ids[i:i + len(self.header)] == self.header)
-            if row % 2 == 0 and len(ids) - start - len(self.header) >= self.after:
-                scores[row] = float("-inf")
-                scores[row, self.end] = 0.0
+            start = max(i for i in range(len(ids)) if ids[i:i + len(self.header)] == self.header) + len(self.header)
+            step = len(ids) - start
+            if "<tool_response>" not in self.tokenizer.decode(ids[:start]):
+                forced = [*self.call, self.end][min(step, len(self.call))]
+            elif row % 2 == 0 and step >= self.after:
+                forced = self.end
+            else:
+                continue
+            scores[row] = float("-inf")
+            scores[row, forced] = 0.0
         return scores
 
 
 def test_grpo_step_through_the_agent_matches_trl(student_dir, traces, workdir, monkeypatch):
-    """Two GRPO steps through the real calculator agent with beta > 0: the same rollouts (same seed) give the same
-    loss, KL, entropy and gradient norm with and without prefix sharing, and with gradient checkpointing."""
+    """Two GRPO steps through the real calculator agent with beta > 0, multi-turn (tool output inside the
+    completions): the same rollouts (same seed) give the same loss, KL, entropy and gradient norm with and without
+    prefix sharing (where the LM head skips tool output), and with gradient checkpointing."""
     references = build_references(traces)
-    ending = LogitsProcessorList([EndEvenRows(load_student(student_dir)[1])])
+    steering = LogitsProcessorList([CallThenEndEvenRows(load_student(student_dir)[1])])
     logs = {}
     for shared, checkpointing in ((False, False), (True, False), (True, True)):
         monkeypatch.setattr(SharedPrefixGRPOTrainer, "share_prefix", shared)
         cfg = config(workdir / f"grpo-{shared}-{checkpointing}", steps=2, prompts_per_step=2, num_generations=3,
-                     beta=0.04, max_new_tokens=12, gradient_checkpointing=checkpointing)
-        fn = graph_rollout_fn(agent(ScriptedCalculatorTeacher()), logits_processor=ending)
+                     beta=0.04, max_new_tokens=40, gradient_checkpointing=checkpointing)
+        fn = graph_rollout_fn(agent(ScriptedCalculatorTeacher()), logits_processor=steering)
         logs[shared, checkpointing] = [h for h in grpo(student_dir, None, references, fn, cfg).metrics if "loss" in h]
     for unshared, *others in zip(logs[False, False], logs[True, False], logs[True, True], strict=True):
         for key in ("loss", "kl", "entropy", "grad_norm", "reward", "completions/mean_length"):
             assert all(other[key] == pytest.approx(unshared[key], rel=1e-4, abs=1e-7) for other in others), key
     assert logs[True, False][0]["grad_norm"] > 0 and logs[True, False][1]["kl"] > 0
+    assert logs[True, False][0]["rollout/tool_calls"] >= 1  # tool output inside the completions, out of the loss
 
 
 def test_sft_loss_and_gradients_equal_the_unshared_computation(student_dir, traces, workdir, monkeypatch):
