@@ -57,7 +57,7 @@ def add_shared_prefix_head(model: PreTrainedModel, temperature: float = 1.0,
     @functools.wraps(type(model).forward)  # generate validates its model kwargs against this signature
     def forward(self, *args, fused_lm_head=False, labels=None, num_items_in_batch=None, **kwargs):
         if not fused_lm_head:
-            return replaced(*args, labels=labels, **kwargs)
+            return replaced(*args, labels=labels, num_items_in_batch=num_items_in_batch, **kwargs)
         kwargs = {k: v for k, v in kwargs.items() if v is not None and k not in ("use_cache", "return_dict")}
         input_ids, attention_mask = kwargs.pop("input_ids"), kwargs.pop("attention_mask")
         if args or kwargs:
