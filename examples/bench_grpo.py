@@ -267,16 +267,17 @@ def main() -> None:
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else {}
     results = {"students": {k: v for k, v in results.get("students", {}).items() if "runs" in v}}
-    results.update(machine=platform.platform(), threads=1, matmul_fp32_gflops=ceiling, settings={
-        "prompts": args.prompts, "generations": args.generations, "max_new_tokens": args.max_new_tokens,
-        "max_turns": args.max_turns, "steps": args.steps, "beta": 0.001, "lora_r": 16,
-        "agent": "calculator, 12 tools"})
+    results.update(machine=platform.platform(), threads=1, matmul_fp32_gflops=ceiling)
     print(f"fp32 matmul ceiling: {ceiling:.0f} GFLOP/s (one core)")
     for student in students:
         load = os.getloadavg()
         runs = results["students"].get(student, {}).get("runs", {}) if args.only else {}
-        results["students"][student] = bench_student(student, args, cache, ceiling, runs)
-        results["students"][student]["load_average"] = [load, os.getloadavg()]
+        results["students"][student] = res = bench_student(student, args, cache, ceiling, runs)
+        res["load_average"] = [load, os.getloadavg()]
+        res["settings"] = {"prompts": args.prompts, "generations": args.generations,
+                           "max_new_tokens": args.max_new_tokens, "max_turns": args.max_turns, "steps": args.steps,
+                           "sft_batch": args.sft_batch[student], "beta": 0.001, "lora_r": 16,
+                           "agent": "calculator, 12 tools", "torch_threads": 1}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
     print("wrote", out)
