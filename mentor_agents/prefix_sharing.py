@@ -80,7 +80,7 @@ def shared_prefix_forward(model: PreTrainedModel, input_ids: torch.Tensor, atten
     rows, row_labels, targets, columns = _real_rows(input_ids, attention_mask, labels)
     groups = _groups(rows, targets)
     keys = [rows[members[0]][:first] for first, members in groups]
-    shared = _common_prefix(keys)
+    shared = _common_prefix(keys) if keys else 0
     run = _segments(model.base_model)
     root = run(keys[0][None, :shared], None, keep=True)[1] if shared else None
     hidden, labels_out, index = [], [], []
