@@ -117,13 +117,14 @@ class TrainConfig:
     use_cpu: bool | None = None
     """None picks CUDA when present, else CPU."""
     gradient_checkpointing: bool = False
-    """Recompute activations in the backward pass instead of keeping them: less memory for more compute. With the
-    shared-prefix loss each segment (shared prompt, group prompt, group rows) is recomputed whole; measured effect on
-    SmolLM2-135M: examples/results/bench_grpo.json (``grpo_shared_checkpointing``)."""
+    """Recompute activations in the backward pass instead of keeping them: less memory for more compute (with the
+    shared-prefix loss, each segment is recomputed whole). Measured, GRPO 2 prompts x 4 on SmolLM2-135M: peak RSS
+    7.1 -> 5.2 GB, loss part 34.3 -> 35.7 CPU s (examples/results/bench_grpo.json)."""
     bf16: bool = False
     """bf16 autocast on CPU for the loss forward and backward (needs native bf16: AVX512-BF16 or AMX; CUDA uses bf16
-    whenever it supports it, this switch or not). Opt-in: it moves log-probs by up to about 0.06 nats and has not
-    been shown not to hurt learning; measured effect: examples/results/bench_grpo.json (``grpo_shared_bf16``)."""
+    whenever it supports it, this switch or not). Measured, GRPO 2 prompts x 4 on SmolLM2-135M: loss part 34.3 ->
+    20.8 CPU s, peak RSS 5.6 GB. Opt-in: log-probs move by up to about 0.06 nats, and no learning run has shown yet
+    that it does not hurt."""
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
