@@ -1,0 +1,281 @@
+"""Shared-prefix training: the prompt that several sequences of a batch share is computed once, not once per row.
+
+An agent's prompt is a long fixed block (system prompt and tool schemas, 1,171 tokens for the 12-tool calculator
+agent) followed by a short question; GRPO scores ``num_generations`` rollouts of the same prompt, and SFT batches
+conversations of the same agent. So 95% of a GRPO loss batch is the same prompt again. `add_shared_prefix_head`
+patches a causal LM so that TRL's fused log-prob call (``model(..., labels=labels, fused_lm_head=True)``, made by
+`GRPOTrainer` and `SFTTrainer`) computes that prefix once (Prefix Grouper, arXiv 2506.05433):
+
+- the batch's longest common prefix (system + tools) runs once, at batch size 1;
+- the rest of each group's prompt (rows whose tokens before the first label agree: a GRPO group) runs once per group,
+  attending to that prefix's keys and values;
+- each row's remainder (its completion, or the rest of a conversation) runs attending to its group's keys and values.
+
+Gradients flow through the shared keys and values, so the loss and the gradients equal the unshared computation up
+to floating-point rounding (tests/test_prefix_sharing.py checks both within fp32 tolerance). The LM head runs only
+on positions that carry a label, on CPU as on GPU (TRL's fused head skips the others only on CUDA/XPU). Measured on
+SmolLM2-135M with the calculator agent: examples/bench_grpo.py, examples/results/bench_grpo.json.
+
+`SharedPrefixGRPOTrainer` and `SharedPrefixSFTTrainer` are TRL's trainers with the patch applied; setting the class
+attribute ``share_prefix = False`` gives TRL's own unshared computation (for the benchmark and the exactness tests).
+"""
+
+from __future__ import annotations
+
+import functools
+import types
+from typing import Sequence
+
+import torch
+from peft import PeftModel
+from torch.utils.checkpoint import checkpoint
+from transformers import DynamicCache, PreTrainedModel
+from trl import GRPOTrainer, SFTTrainer
+from trl.kernels import ChunkedLogProbFunction
+from trl.trainer.utils import FusedCausalLMOutput, pad
+
+_CHUNK = 32768
+"""Vocabulary tile of the chunked log-prob kernel (TRL's own value)."""
+_SCALED_HEADS = ("logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling")
+
+
+def add_shared_prefix_head(model: PreTrainedModel, temperature: float = 1.0,
+                           outputs: tuple[str, ...] = ("log_probs",)) -> None:
+    """Patch ``model`` (a causal LM, not its PEFT wrapper) so that ``model(input_ids=..., attention_mask=...,
+    labels=..., fused_lm_head=True)`` computes shared prefixes once and returns TRL's `FusedCausalLMOutput`, with
+    ``outputs`` among ``log_probs``, ``entropy``, ``log_sum_sq_probs``, ``mean_logits``, ``is_top1``. Every other
+    call goes to the forward it replaces. Apply it after TRL's ``add_fused_lm_head``."""
+    config = model.config.get_text_config()
+    for name in _SCALED_HEADS:
+        if getattr(config, name, None) is not None:
+            raise ValueError(f"shared-prefix training does not support models with a scaled LM head "
+                             f"(config.{name} = {getattr(config, name)})")
+    if "sliding_attention" in (getattr(config, "layer_types", None) or ()):
+        raise ValueError("shared-prefix training does not support sliding-window attention layers")
+    replaced = model.forward
+
+    @functools.wraps(type(model).forward)  # generate validates its model kwargs against this signature
+    def forward(self, *args, fused_lm_head=False, labels=None, num_items_in_batch=None, **kwargs):
+        if not fused_lm_head:
+            return replaced(*args, labels=labels, num_items_in_batch=num_items_in_batch, **kwargs)
+        kwargs = {k: v for k, v in kwargs.items() if v is not None and k not in ("use_cache", "return_dict")}
+        input_ids, attention_mask = kwargs.pop("input_ids"), kwargs.pop("attention_mask")
+        if args or kwargs:
+            raise TypeError(f"shared-prefix forward takes input_ids, attention_mask and labels only; got also "
+                            f"{sorted(kwargs) or f'{len(args)} positional arguments'}")
+        return shared_prefix_forward(self, input_ids, attention_mask, labels, temperature, outputs,
+                                     num_items_in_batch)
+
+    model.forward = types.MethodType(forward, model)
+
+
+def shared_prefix_forward(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                          labels: torch.Tensor, temperature: float, outputs: Sequence[str],
+                          num_items_in_batch: torch.Tensor | int | None = None) -> FusedCausalLMOutput:
+    """Per-token log-probs (and ``outputs``) of the labels, as TRL's fused head returns them (shape ``(B, W - 1)``,
+    zero where the label is -100), with each shared prefix computed once. Padding may sit on either side.
+
+    Under gradient checkpointing each segment (the shared prefix, a group's prompt, a group's rows) is recomputed
+    in the backward pass as a whole, since the model's per-layer checkpointing cannot carry a KV cache."""
+    rows, row_labels, targets, columns = _real_rows(input_ids, attention_mask, labels)
+    groups = _groups(rows, targets)
+    keys = [rows[members[0]][:first] for first, members in groups]
+    shared = _common_prefix(keys) if keys else 0
+    run = _segments(model.base_model)
+    root = run(keys[0][None, :shared], None, keep=True)[1] if shared else None
+    hidden, labels_out, index = [], [], []
+    for key, (first, members) in zip(keys, groups):
+        # The key's last token is run with the rows: its hidden state predicts the first label.
+        cache = run(key[None, shared:first - 1], root, keep=True)[1] if first - 1 > shared else root
+        ids, mask = _right_pad([rows[i][first - 1:] for i in members])
+        out = run(ids, cache, mask)[0]
+        for row, i in enumerate(members):
+            t = targets[i].nonzero().squeeze(1)  # real-token indices of the labels
+            hidden.append(out[row, t - first])
+            labels_out.append(row_labels[i][t])
+            index.append((torch.full_like(t, i), columns[i][t] - 1))
+    return _head(model, input_ids, hidden, labels_out, index, temperature, outputs, num_items_in_batch)
+
+
+def _real_rows(input_ids, attention_mask, labels):
+    """Per row: its real tokens, their labels, a mask of those that carry a label, and their columns in the batch."""
+    rows, row_labels, targets, columns = [], [], [], []
+    for i in range(input_ids.size(0)):
+        real = attention_mask[i].bool()
+        row_labels.append(labels[i][real])
+        target = row_labels[-1] != -100
+        target[:1] = False  # nothing predicts a row's first token
+        rows.append(input_ids[i][real])
+        targets.append(target)
+        columns.append(real.nonzero().squeeze(1))
+    return rows, row_labels, targets, columns
+
+
+def _groups(rows, targets) -> list[tuple[int, list[int]]]:
+    """Rows with labels, grouped by their tokens before the first label, in order: (first label index, rows)."""
+    groups: dict[tuple[int, ...], tuple[int, list[int]]] = {}
+    for i, (row, target) in enumerate(zip(rows, targets)):
+        if target.any():
+            first = int(target.nonzero()[0])
+            groups.setdefault(tuple(row[:first].tolist()), (first, []))[1].append(i)
+    return list(groups.values())
+
+
+def _common_prefix(keys: list[torch.Tensor]) -> int:
+    """Length of the prefix every key shares, leaving each key's last token out of it."""
+    shortest = min(len(k) for k in keys) - 1
+    n = shortest
+    for key in keys[1:]:
+        differs = (key[:shortest] != keys[0][:shortest]).nonzero()
+        n = min(n, int(differs[0]) if len(differs) else shortest)
+    return n
+
+
+def _segments(backbone):
+    """``run(ids, past, mask=None, keep=False) -> (hidden, cache)``: the backbone on ``ids`` after the keys and values
+    in ``past`` (a cache, left as it is), with the new cache when ``keep``. With the backbone's gradient checkpointing
+    on, each run is checkpointed whole."""
+    checkpointed = backbone.training and torch.is_grad_enabled() and any(
+        getattr(m, "gradient_checkpointing", False) for m in backbone.modules())
+
+    def run(ids, past, mask=None, keep=False):
+        kv = [] if past is None else [t for layer in past.layers for t in (layer.keys, layer.values)]
+        if not checkpointed:
+            return _unflatten(_run(backbone, ids, mask, keep, *kv))
+        return _unflatten(checkpoint(_run, backbone, ids, mask, keep, *kv, use_reentrant=False))
+
+    return run
+
+
+def _run(backbone, ids: torch.Tensor, mask: torch.Tensor | None, keep: bool, *past: torch.Tensor):
+    """Last hidden states of ``ids`` after the keys and values ``past`` (flat: k0, v0, k1, v1, ...), and the flat
+    keys and values with ``ids`` appended when ``keep``."""
+    n, length = ids.shape
+    cache = _cache(past, n)
+    start = cache.get_seq_length()
+    positions = torch.arange(start, start + length, device=ids.device).expand(n, length)
+    if mask is not None:
+        mask = torch.cat([mask.new_ones(n, start), mask], 1)
+    # The model's per-layer checkpointing would drop the cache; the caller checkpoints this whole run instead (and
+    # the recomputation in the backward pass comes through here too).
+    layers = [m for m in backbone.modules() if getattr(m, "gradient_checkpointing", False)]
+    for layer in layers:
+        layer.gradient_checkpointing = False
+    try:
+        out = backbone(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
+    finally:
+        for layer in layers:
+            layer.gradient_checkpointing = True
+    kept = [t for layer in cache.layers for t in (layer.keys, layer.values)] if keep else []
+    return (out.last_hidden_state, *kept)
+
+
+def _cache(past: Sequence[torch.Tensor], n: int) -> DynamicCache:
+    """A new cache holding the flat keys and values ``past`` (batch 1) for ``n`` rows."""
+    return DynamicCache(ddp_cache_data=[(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1))
+                                        for k, v in zip(past[0::2], past[1::2])]) if past else DynamicCache()
+
+
+def _unflatten(out) -> tuple[torch.Tensor, DynamicCache | None]:
+    hidden, *kv = out
+    return hidden, _cache(kv, 1) if kv else None
+
+
+def _right_pad(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = rows[0].new_zeros(len(rows), width)
+    mask = torch.zeros_like(ids)
+    for i, row in enumerate(rows):
+        ids[i, :len(row)], mask[i, :len(row)] = row, 1
+    return ids, mask
+
+
+def _head(model, input_ids, hidden, labels, index, temperature, outputs, num_items_in_batch) -> FusedCausalLMOutput:
+    """The LM head on the labelled positions only, scattered back to TRL's ``(B, W - 1)`` layout."""
+    shape = (input_ids.size(0), input_ids.size(1) - 1)
+    rows = torch.cat([r for r, _ in index]) if index else input_ids.new_zeros(0)
+    cols = torch.cat([c for _, c in index]) if index else input_ids.new_zeros(0)
+    head = model.get_output_embeddings()
+    h = torch.cat(hidden) if hidden else head.weight.new_zeros(0, head.weight.size(1))
+    y = torch.cat(labels) if labels else input_ids.new_zeros(0)
+    per_token = ChunkedLogProbFunction.apply(
+        h, head.weight, head.bias, y, temperature, _CHUNK,
+        getattr(model.config.get_text_config(), "final_logit_softcapping", None), 1.0, tuple(outputs))
+    fields = [None if x is None else x.new_zeros(shape).index_put((rows, cols), x) for x in per_token]
+    mask = torch.zeros(shape, dtype=torch.bool, device=input_ids.device).index_put((rows, cols), torch.tensor(True))
+    log_probs = fields[0]
+    loss = -log_probs.sum() / (mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch)
+    return FusedCausalLMOutput(loss=loss, log_probs=log_probs, entropy=fields[1], log_sum_sq_probs=fields[2],
+                               mean_logits=fields[3], is_top1=fields[4], label_mask=mask)
+
+
+def _causal_lm(model) -> PreTrainedModel:
+    return model.get_base_model() if isinstance(model, PeftModel) else model
+
+
+class SharedPrefixGRPOTrainer(GRPOTrainer):
+    """TRL's `GRPOTrainer` whose log-prob computation (policy, and reference when ``beta > 0``) runs each group's
+    shared prompt once and the LM head only on the completion tokens that carry loss (the sampled ones, not tool
+    output). Same losses, gradients and metrics as `GRPOTrainer`."""
+
+    share_prefix: bool = True
+    """False: TRL's own unshared computation (the benchmark's and the exactness tests' baseline)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._loss_mask: torch.Tensor | None = None
+        if self.share_prefix:
+            add_shared_prefix_head(_causal_lm(self.model), self.temperature, ("log_probs", "entropy"))
+            if self.ref_model is not None:
+                add_shared_prefix_head(_causal_lm(self.ref_model), self.temperature)
+
+    def _generate(self, prompts):
+        generated = super()._generate(prompts)
+        tool_masks = generated[2]
+        if tool_masks is not None:  # for the reference forward that follows: tool output carries no loss
+            self._loss_mask = pad([torch.tensor(m) for m in tool_masks], padding_value=1, padding_side="right",
+                                  pad_to_multiple_of=self.pad_to_multiple_of).to(self.accelerator.device)
+        return generated
+
+    def _generate_and_score_completions(self, inputs):
+        try:
+            return super()._generate_and_score_completions(inputs)
+        finally:
+            self._loss_mask = None
+
+    def _compute_loss(self, model, inputs):
+        self._loss_mask = inputs.get("tool_mask")
+        try:
+            return super()._compute_loss(model, inputs)
+        finally:
+            self._loss_mask = None
+
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
+                                           compute_entropy=False, compute_aux_loss=False, **multimodal):
+        if not self.share_prefix or compute_aux_loss or any(v is not None for v in multimodal.values()):
+            return super()._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy, compute_aux_loss,
+                **multimodal)
+        # TRL's labels (the completion tokens), less those that carry no loss; the whole batch at once, since the
+        # shared prefix already keeps the memory down.
+        labels = input_ids.masked_fill(attention_mask == 0, -100)
+        labels[:, :-logits_to_keep] = -100
+        if self._loss_mask is not None:
+            labels[:, -logits_to_keep:] = labels[:, -logits_to_keep:].masked_fill(self._loss_mask == 0, -100)
+        with self.accelerator.autocast():
+            out = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, fused_lm_head=True)
+        entropy = out.entropy[:, -logits_to_keep:] if compute_entropy else None
+        return out.log_probs[:, -logits_to_keep:], entropy, None
+
+
+class SharedPrefixSFTTrainer(SFTTrainer):
+    """TRL's `SFTTrainer` whose loss runs the prefix the batch's conversations share (system prompt and tools) once
+    and the LM head only on assistant tokens. Same loss and gradients as `SFTTrainer`."""
+
+    share_prefix: bool = True
+    """False: TRL's own unshared computation."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.share_prefix:
+            add_shared_prefix_head(_causal_lm(self.model), 1.0, ("log_probs", "entropy", "is_top1"))
