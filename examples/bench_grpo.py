@@ -126,7 +126,9 @@ def run_variant(args) -> dict:
     elif args.run == "grpo_trl":
         plain_trl(model, tokenizer, references, config, work, clock)
     else:
-        rollout_fn = clock.timed(graph_rollout_fn(build_agent(ScriptedCalculatorTeacher())))
+        # The unshared step is the path before prefix sharing: no KV reuse in the rollouts either.
+        rollout_fn = clock.timed(graph_rollout_fn(build_agent(ScriptedCalculatorTeacher()),
+                                                  reuse_kv=args.run != "grpo_unshared"))
         grpo(model, tokenizer, references, rollout_fn, config, output_dir=work / "grpo", callbacks=[clock.callback])
     steps = clock.steps
     return {

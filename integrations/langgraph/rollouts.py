@@ -192,13 +192,14 @@ def run_rollouts(graph: Any, references: Sequence[RewardReference], model: Any, 
         return [future.result() for future in futures]
 
 
-def graph_rollout_fn(graph: Any, environment: EnvironmentFactory | None = None, **student: Any) -> RolloutFn:
+def graph_rollout_fn(graph: Any, environment: EnvironmentFactory | None = None, reuse_kv: bool = True,
+                     **student: Any) -> RolloutFn:
     """The ``rollout_fn`` for `mentor_agents.training`: runs the compiled ``graph`` (or, with ``environment``, a
     fresh graph of its own per rollout) with the student swapped in (see `run_rollouts`). ``student`` sets further
     `StudentChatModel` fields (e.g. ``top_p``)."""
 
     def rollout_fn(references: list[RewardReference], model: Any, tokenizer: Any,
                    config: TrainConfig) -> list[Rollout]:
-        return run_rollouts(graph, references, model, tokenizer, config, environment, **student)
+        return run_rollouts(graph, references, model, tokenizer, config, environment, reuse_kv, **student)
 
     return rollout_fn
