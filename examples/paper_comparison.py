@@ -266,7 +266,7 @@ class Comparison:
                                              model_name=f"student/{name}")
                 traces = eval_traces(self.run, adapter, name, split, self.splits, chat, self.student_config)
                 self.mark_eval(name, split, traces, cpu_s=time.process_time() - cpu)
-            info = self.run.done[f"eval:{name}:{split}"]
+            info = self.run.info(f"eval:{name}:{split}")
             log(f"[{self.run.run.name}] {name} on {split}: success {info['success']:.0%} ({info['tasks']} tasks, "
                 f"{time.process_time() - cpu:.0f} CPU s)")
             write_outputs(self.out, plots=False)
@@ -288,7 +288,7 @@ class Comparison:
         """Train (or resume, or load) one method into ``train/<key>/``; returns model and tokenizer."""
         stage = f"train:{key}"
         if stage in self.run.done:
-            info = self.run.done[stage]
+            info = self.run.info(stage)
             model, tokenizer = load_trained(info["adapter_dir"], info["base_model"])
             return model, trainable(tokenizer)
         out = self.run.run / "train" / safe(key)
@@ -436,7 +436,7 @@ def collect(out: Path) -> dict[str, Any]:
                 evals.setdefault(model, {})[split] = info
                 cpu[model] = cpu.get(model, 0.0) + info.get("cpu_s", 0.0)
                 continue
-            steps = dynamics(read_metrics(info["metrics"]))
+            steps = dynamics(read_metrics(state.parent / info["metrics"]))  # stored relative to the run
             training[rest] = {"method": info.get("method"), "reward": info.get("reward"), "cpu_s": info["cpu_s"],
                               "steps": len(steps), "curves": {k: [s.get(k) for s in steps] for k in
                                                               sorted({k for s in steps for k in s})
@@ -593,7 +593,7 @@ def write_sweep(out: Path, run: RunState) -> None:
     for key, info in run.done.items():
         if key.startswith("eval:sweep/") and key.endswith(":dev"):
             name = key[len("eval:"):-len(":dev")]
-            trained = run.done[f"train:{name}"]
+            trained = run.info(f"train:{name}")
             steps = dynamics(read_metrics(trained["metrics"]))
             rewards = [s["reward"] for s in steps]
             zero = [s.get("frac_reward_zero_std", 0.0) for s in steps]

@@ -355,7 +355,7 @@ def write_report(run: RunState, student: str, method: str, teacher_traces: list[
         "evaluation": {f"{m}|{s}": v.as_dict() for (m, s), v in results.items()},
         "training": training,
     })
-    trained = run.done.get(f"train:{method}")
+    trained = run.info(f"train:{method}") if f"train:{method}" in run.done else None
     invalid = top_invalid_calls(Path(trained["metrics"]).with_name("rollouts.jsonl")) if trained else ""
     report = render_report(student, method, summary, len(references), splits, table,
                            learned_verdict(results, method), config, bool(history), invalid)
