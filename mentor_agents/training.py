@@ -56,6 +56,7 @@ from mentor_agents.rewards import REWARD_NAMES, RewardResult, TeacherGuidedRewar
 from mentor_agents.rollouts import Rollout, ScoredRollout
 from mentor_agents.student import load_student, training_chat_template
 from mentor_agents.traces import ModelStep, Trace
+from mentor_agents.vllm_rollouts import VLLMClientBackend
 
 Method = Literal["sft", "sparse", "mentor", "sft+sparse", "sft+mentor"]
 METHODS: tuple[str, ...] = ("sft", "sparse", "mentor", "sft+sparse", "sft+mentor")
@@ -142,6 +143,13 @@ class TrainConfig:
     whenever it supports it, this switch or not). Measured, GRPO 2 prompts x 4 on SmolLM2-135M: loss part 34.3 ->
     20.8 CPU s, peak RSS 5.6 GB. Opt-in: log-probs move by up to about 0.06 nats, and no learning run has shown yet
     that it does not hurt."""
+    use_vllm: bool = False
+    """Generate the GRPO rollouts' turns with a vLLM server that TRL keeps in sync with the policy (GPU; start it
+    with ``trl vllm-serve --model BASE``), instead of the student's own ``generate``. One training process only."""
+    vllm_mode: Literal["server"] = "server"
+    """TRL's vLLM mode; only ``"server"`` is wired into the graph rollouts (not ``"colocate"``)."""
+    vllm_server_base_url: str | None = None
+    """The vLLM server's URL, e.g. ``"http://127.0.0.1:8000"``; None means TRL's default, ``http://0.0.0.0:8000``."""
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -150,6 +158,9 @@ class TrainConfig:
             raise ValueError(f"reward must be one of {', '.join(REWARD_NAMES)}, got {self.reward!r}")
         if self.bf16 and self.device_is_cpu and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
             raise ValueError("bf16=True needs a CPU with native bf16 (AVX512-BF16 or AMX); this one has neither")
+        if self.vllm_mode != "server":
+            raise ValueError(f"vllm_mode must be 'server' (the only vLLM mode wired into the graph rollouts), got "
+                             f"{self.vllm_mode!r}")
         if self.num_generations < 2:
             raise ValueError(f"num_generations must be at least 2 for group-normalised advantages, got "
                              f"{self.num_generations}")
@@ -176,7 +187,8 @@ class TrainConfig:
 RolloutFn = Callable[[list[RewardReference], PreTrainedModel, PreTrainedTokenizerBase, TrainConfig], list[Rollout]]
 """Runs the agent once per reference (in order) with ``model`` as its chat model and returns token-exact rollouts:
 ``prompt_ids`` (the first model call's prompt), ``completion_ids``, ``completion_mask`` (1 = sampled) and
-``logprobs``, and ``finished=False`` for a run cut off by ``config.max_turns``."""
+``logprobs``, and ``finished=False`` for a run cut off by ``config.max_turns``. With ``config.use_vllm`` the training
+loop also passes ``backend=`` (a `mentor_agents.vllm_rollouts.VLLMClientBackend`) to generate the turns with."""
 
 
 @dataclass
@@ -354,12 +366,13 @@ def make_rollout_func(rollout_fn: RolloutFn, references: Sequence[RewardReferenc
 
     def rollout_func(prompts: list[str], trainer: GRPOTrainer) -> dict[str, list]:
         batch = [by_prompt[p] for p in prompts]
+        vllm = {"backend": vllm_backend(trainer)} if trainer.use_vllm else {}
         start = time.perf_counter()
         # Each process rolls out its own share of the prompts; under DeepSpeed ZeRO-3 the sharded weights are
         # gathered for generation, as in TRL's own generation path.
         with unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator,
                                          gather_deepspeed3_params=trainer.args.ds3_gather_for_generation) as model:
-            rollouts = rollout_fn(batch, model, trainer.processing_class, config)
+            rollouts = rollout_fn(batch, model, trainer.processing_class, config, **vllm)
         seconds = time.perf_counter() - start
         if len(rollouts) != len(prompts):
             raise RuntimeError(f"rollout_fn returned {len(rollouts)} rollouts for {len(prompts)} prompts")
@@ -374,6 +387,15 @@ def make_rollout_func(rollout_fn: RolloutFn, references: Sequence[RewardReferenc
         }
 
     return rollout_func
+
+
+def vllm_backend(trainer: GRPOTrainer) -> VLLMClientBackend:
+    """The rollout backend on the vLLM server of a trainer running with ``use_vllm=True``, ``vllm_mode="server"``
+    (TRL has synced the policy's weights to it before calling the ``rollout_func``)."""
+    if trainer.vllm_mode != "server" or trainer.accelerator.num_processes > 1:
+        raise ValueError(f"vLLM rollouts need vllm_mode='server' and one training process, got "
+                         f"{trainer.vllm_mode!r} on {trainer.accelerator.num_processes} processes")
+    return VLLMClientBackend(trainer.vllm_generation.vllm_client)
 
 
 def _within_budget(rollout: Rollout, budget: int) -> Rollout:
@@ -434,7 +456,8 @@ def grpo(model: str | os.PathLike[str] | PreTrainedModel, tokenizer: PreTrainedT
         report_to=config.report_to, project=config.project, seed=config.seed, data_seed=config.seed, use_cpu=cpu,
         bf16=_bf16(config), gradient_checkpointing=config.gradient_checkpointing,
         save_strategy="steps" if config.save_steps else "no", save_steps=config.save_steps or 500,
-        save_total_limit=config.save_total_limit, dataloader_num_workers=0,
+        save_total_limit=config.save_total_limit, dataloader_num_workers=0, use_vllm=config.use_vllm,
+        vllm_mode=config.vllm_mode, vllm_server_base_url=config.vllm_server_base_url,
     )
     reward = config.reward_fn
     trainer = SharedPrefixGRPOTrainer(

@@ -2,18 +2,18 @@
 TRL keeps in sync with the policy (``GRPOConfig(use_vllm=True, vllm_mode="server")``), through TRL's own client.
 
 ```python
-backend = VLLMClientBackend(trainer.vllm_generation.vllm_client, max_new_tokens=64, temperature=1.0,
-                            stop_token_ids=stop_token_ids(tokenizer))
-[turn] = backend.generate([prompt_ids])      # Generated(prompt_ids, completion_ids, logprobs)
+backend = VLLMClientBackend(trainer.vllm_generation.vllm_client)
+[turn] = backend.generate([prompt_ids], max_new_tokens=64, temperature=1.0,
+                          stop_token_ids=stop_token_ids(tokenizer))   # Generated(prompt_ids, completion_ids, logprobs)
 ```
 
 The token-exact contract of the rollouts holds: the prompt ids go to vLLM as ids (``/v1/completions`` with a token-id
 prompt, as TRL's ``VLLMClient.generate`` sends them), and the completion comes back as ids with the sampled tokens'
-logprobs, so nothing is re-tokenized. Hook it needs in ``integrations/langgraph/rollouts.py``: ``BatchedGenerator``
-takes an optional backend and, for a batch of ``(slot, prompt_ids)``, calls ``backend.generate`` instead of
-``model.generate`` and hands each rollout its ``prompt_ids + completion_ids`` (and the logprobs, which TRL's
-importance-sampling correction uses). Not covered: ``vllm_mode="colocate"`` (``trainer.vllm_generation.llm``, a
-``vllm.LLM``), and multi-process runs, where TRL's server mode expects every process to generate in lockstep.
+logprobs, so nothing is re-tokenized. `mentor_agents.training.make_rollout_func` builds this backend when the trainer
+runs with ``use_vllm=True`` and hands it to the ``rollout_fn``; the LangGraph rollouts' ``BatchedGenerator`` then
+sends each batch of turns here instead of to ``model.generate``. Not covered: ``vllm_mode="colocate"``
+(``trainer.vllm_generation.llm``, a ``vllm.LLM``), and multi-process runs, where TRL's server mode keeps the client
+on the main process only.
 """
 
 from __future__ import annotations
@@ -33,22 +33,22 @@ class Generated:
 
 class VLLMClientBackend:
     """Generates from token-id prompts with TRL's ``VLLMClient`` (a vLLM server started by ``trl vllm-serve`` or
-    ``vllm serve``). ``max_new_tokens`` is one model turn's budget; generation also stops at ``stop_token_ids``."""
+    ``vllm serve``). No per-request seed: the prompts of a GRPO group are identical, and one seed would give
+    them one completion."""
 
-    def __init__(self, client: Any, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
-                 top_k: int = 0, stop_token_ids: Sequence[int] = (), seed: int | None = None):
-        self.client, self.max_new_tokens = client, max_new_tokens
-        self.sampling = {"temperature": temperature, "top_p": top_p, "top_k": top_k}
-        self.extra: dict[str, Any] = {"stop_token_ids": list(stop_token_ids), "skip_special_tokens": False}
-        if seed is not None:
-            self.extra["seed"] = seed
+    def __init__(self, client: Any):
+        self.client = client
 
-    def generate(self, prompts: Sequence[Sequence[int]]) -> list[Generated]:
-        """One completion per prompt, in prompt order."""
+    def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, temperature: float = 1.0,
+                 top_p: float = 1.0, top_k: int = 0, stop_token_ids: Sequence[int] = ()) -> list[Generated]:
+        """One completion per prompt, in prompt order, of at most ``max_new_tokens`` (one model turn's budget),
+        ending early at any of ``stop_token_ids``; ``temperature=0`` is greedy."""
         if not prompts:
             return []
-        out = self.client.generate(prompts=[list(p) for p in prompts], n=1, max_tokens=self.max_new_tokens,
-                                   logprobs=0, generation_kwargs=self.extra, **self.sampling)
+        out = self.client.generate(prompts=[list(p) for p in prompts], n=1, max_tokens=max_new_tokens, logprobs=0,
+                                   temperature=temperature, top_p=top_p, top_k=top_k,
+                                   generation_kwargs={"stop_token_ids": list(stop_token_ids),
+                                                      "skip_special_tokens": False})
         logprobs = out["logprobs"] or [None] * len(prompts)
         return [Generated(list(prompt), list(completion), None if lp is None else [top[0] for top in lp])
                 for prompt, completion, lp in zip(out["prompt_ids"], out["completion_ids"], logprobs, strict=True)]

@@ -14,57 +14,22 @@ import torch
 from langchain_core.messages import HumanMessage, SystemMessage
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from peft import LoraConfig, get_peft_model
-from transformers import LogitsProcessor, LogitsProcessorList
+from transformers import LogitsProcessorList
 
+from forcing import CALLS, ToolTurnsThenModel, references
 from mentor_agents.integrations.langgraph import StudentChatModel, TokenRecorder
 from mentor_agents.integrations.langgraph.calculator import (
     SYSTEM_PROMPT,
     TOOLS,
     ScriptedCalculatorTeacher,
     build_agent,
-    make_tasks,
 )
 from mentor_agents.integrations.langgraph.rollouts import run_rollouts
 from mentor_agents.integrations.openai.server import create_app, running_server
 from mentor_agents.prefix_cache import PrefixCache
-from mentor_agents.references import RewardReference
 from mentor_agents.training import TrainConfig, rollout_metrics
 
 torch.set_num_threads(1)
-
-CALLS = ['<tool_call>\n{"name": "add", "arguments": {"a": 3, "b": 2}}\n</tool_call>',
-         '<tool_call>\n{"name": "multiply", "arguments": {"a": 5, "b": 7}}\n</tool_call>']
-
-
-class ToolTurnsThenModel(LogitsProcessor):
-    """Row by row: the first turns are forced to the tool calls ``calls`` (so the real graph runs real tools and
-    comes back), later turns are the model's own choice, greedy (``greedy=True``) or sampled. The model's logits
-    still give every recorded log-probability."""
-
-    def __init__(self, tokenizer, calls: list[str], greedy: bool = True) -> None:
-        end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-        self.targets = [tokenizer.encode(c) + [end] for c in calls]
-        self.header = tokenizer.encode("<|im_start|>assistant\n")
-        self.greedy = greedy
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        out = scores.clone() if not self.greedy else torch.full_like(scores, float("-inf"))
-        n = len(self.header)
-        for row, ids in enumerate(input_ids.tolist()):
-            starts = [i for i in range(len(ids) - n + 1) if ids[i:i + n] == self.header]
-            turn, start = len(starts) - 1, starts[-1] + n
-            if turn < len(self.targets):
-                target = self.targets[turn]
-                out[row] = float("-inf")
-                out[row, target[min(len(ids) - start, len(target) - 1)]] = 0.0
-            elif self.greedy:
-                out[row, scores[row].argmax()] = 0.0
-        return out
-
-
-def references(n: int) -> list[RewardReference]:
-    return [RewardReference(task_id=t.id, task_input=t.input, teacher_tools=[], teacher_calls=[], teacher_answer="")
-            for t in make_tasks(n, "train")]
 
 
 class EmbeddedTokens:

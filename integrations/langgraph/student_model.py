@@ -296,11 +296,14 @@ class StudentChatModel(BaseChatModel):
         text = tokenizer.decode(generated[:-1] if stopped else generated, skip_special_tokens=False)
 
         if recorders:
-            logits = torch.stack(out.logits[: len(generated)], dim=1)[0].float()
-            scale = self.temperature if self.do_sample else 1.0
-            logprobs = torch.log_softmax(logits / scale, dim=-1)
-            picked = logprobs[torch.arange(len(generated)), torch.tensor(generated, device=logprobs.device)]
-            record = TokenRecord(prompt_ids, generated, picked.tolist(), tuple(end_ids))
+            picked = getattr(out, "logprobs", None)  # a vLLM rollout backend returns them in place of logits
+            if picked is None:
+                logits = torch.stack(out.logits[: len(generated)], dim=1)[0].float()
+                scale = self.temperature if self.do_sample else 1.0
+                logprobs = torch.log_softmax(logits / scale, dim=-1)
+                picked = logprobs[torch.arange(len(generated)), torch.tensor(generated, device=logprobs.device)]
+                picked = picked.tolist()
+            record = TokenRecord(prompt_ids, generated, list(picked[: len(generated)]), tuple(end_ids))
             for recorder in recorders:
                 recorder.records.append(record)
 
