@@ -56,7 +56,8 @@ def check_vllm_adapter(adapter_dir: str | Path, name: str = "student") -> VLLMCh
         check.problems.append("use_dora: vLLM does not support DoRA adapters; serve the merged model instead")
     targets = config.get("target_modules") or []
     targets = [targets] if isinstance(targets, str) else targets
-    unsupported = sorted(set(targets) - VLLM_LORA_MODULES)
+    # vLLM matches a target by its last name component, so full paths (``model.layers.0.mlp.down_proj``) pass.
+    unsupported = sorted(t for t in set(targets) if t.rsplit(".", 1)[-1] not in VLLM_LORA_MODULES)
     if unsupported:
         check.problems.append(f"target_modules {unsupported}: vLLM applies LoRA only to "
                               f"{', '.join(sorted(VLLM_LORA_MODULES))}")

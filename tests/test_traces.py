@@ -6,31 +6,8 @@ import pytest
 
 from mentor_agents.references import build_references, load_references, save_references, summarize
 from mentor_agents.tasks import NumericMatch
-from mentor_agents.traces import ModelStep, ToolCall, ToolStep, Trace, TraceFileError, TraceStore
-
-
-def make_trace(task_id="t1", verdict="correct", error=None, sample=0):
-    call = ToolCall(id="call_1", name="add", args={"a": 2, "b": 3})
-    return Trace(
-        task_id=task_id,
-        sample=sample,
-        task_input="What is 2 plus 3?",
-        ground_truth=5,
-        verifier=NumericMatch(),
-        tools=[{"type": "function", "function": {"name": "add", "parameters": {"type": "object"}}}],
-        steps=[
-            ModelStep(
-                input_messages=[{"role": "user", "content": "What is 2 plus 3?"}],
-                output={"role": "assistant", "content": "", "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "add", "arguments": {"a": 2, "b": 3}}}]},
-                tool_calls=[call],
-            ),
-            ToolStep(call_id="call_1", name="add", args={"a": 2, "b": 3}, result="5"),
-            ModelStep(input_messages=[], output={"role": "assistant", "content": "Answer: 5"}),
-        ],
-        final_answer="Answer: 5",
-        verdict=verdict,
-        error=error,
-    )
+from mentor_agents.traces import ToolStep, TraceFileError, TraceStore
+from store_writers import append_many, make_trace
 
 
 def test_append_read_roundtrip_and_resume_keys(tmp_path):
@@ -141,12 +118,6 @@ def test_complete_last_line_without_newline_is_a_trace_not_a_partial_tail(tmp_pa
     store.append(make_trace("t2"))
     assert [t.task_id for t in store.read()] == ["t1", "t2"]
     assert not (tmp_path / "traces.jsonl.partial").exists()
-
-
-def append_many(path: str, prefix: str, count: int, payload: int) -> None:
-    store = TraceStore(path)
-    for i in range(count):
-        store.append(make_trace(f"{prefix}{i}").model_copy(update={"metadata": {"pad": "x" * payload}}))
 
 
 def test_two_processes_appending_to_one_store_lose_nothing(tmp_path):
