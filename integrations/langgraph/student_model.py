@@ -31,7 +31,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from mentor_agents.integrations.langgraph.graphs import recompile
 from mentor_agents.integrations.langgraph.recording import to_openai_messages
-from mentor_agents.prefix_cache import PrefixCache
+from mentor_agents.prefix_cache import PrefixCache, end_of_turn
 from mentor_agents.rollouts import Rollout
 from mentor_agents.student import end_markers, load_student, parse_generation, stop_token_ids
 
@@ -290,8 +290,7 @@ class StudentChatModel(BaseChatModel):
             with torch.no_grad():
                 out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **settings)
         generated = out.sequences[0, len(prompt_ids):].tolist()
-        cut = next((i + 1 for i, t in enumerate(generated) if t in end_ids), len(generated))
-        generated = generated[:cut]
+        generated = generated[:end_of_turn(generated, end_ids)]
         stopped = bool(generated) and generated[-1] in end_ids
         text = tokenizer.decode(generated[:-1] if stopped else generated, skip_special_tokens=False)
 
