@@ -1,4 +1,5 @@
-"""Writes that a kill never leaves half-done: everything goes to a temporary sibling first, then one rename."""
+"""Writes that a kill never leaves half-done: whole files and directories go to a temporary sibling first, then one
+rename; log lines are appended and fsynced."""
 
 from __future__ import annotations
 
@@ -23,6 +24,15 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def append_lines(path: Path, lines: list[str]) -> None:
+    """Append ``lines`` (each ending in a newline) to the log ``path``, fsynced before returning."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("".join(lines))
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def save_dir_atomically(out: Path, save: Callable[[Path], None]) -> None:

@@ -49,7 +49,7 @@ from transformers import (
 from trl import GRPOConfig, GRPOTrainer, SFTConfig
 from trl.models import unwrap_model_for_generation
 
-from mentor_agents.files import recover_dir, save_dir_atomically, write_text_atomic
+from mentor_agents.files import append_lines, recover_dir, save_dir_atomically, write_text_atomic
 from mentor_agents.prefix_sharing import SharedPrefixGRPOTrainer, SharedPrefixSFTTrainer
 from mentor_agents.references import RewardReference, build_references
 from mentor_agents.rewards import REWARD_NAMES, RewardResult, TeacherGuidedReward
@@ -352,11 +352,7 @@ def log_rollouts(path: Path, step: int, rollouts: Sequence[Rollout], results: Se
         final_answer=r.final_answer,
     ).model_dump_json() + "\n" for r, res in zip(rollouts, results, strict=True)])
     if main:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a", encoding="utf-8") as f:
-            f.write("".join(lines))
-            f.flush()
-            os.fsync(f.fileno())
+        append_lines(path, lines)
 
 
 def make_rollout_func(rollout_fn: RolloutFn, references: Sequence[RewardReference], config: TrainConfig):
@@ -557,11 +553,7 @@ class MetricsFile(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append_lines(self.path, [json.dumps({"step": state.global_step, **logs}) + "\n"])
 
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
