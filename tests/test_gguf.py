@@ -116,23 +116,26 @@ def test_gguf_metadata_carries_the_chat_template_and_stop_tokens(trained):
     assert types["blk.0.attn_q.weight"] == "Q8_0" and types["blk.0.attn_norm.weight"] == "F32"
 
 
-def test_f16_gguf_generates_the_merged_models_tool_call_token_for_token(trained):
+def greedy_in_both(trained, quant: str) -> tuple[list[int], list[int], object]:
+    """40 greedy tokens on the tool-call prompt from ``merged/`` in transformers and from the ``quant`` GGUF in
+    llama.cpp, and the tokenizer."""
     pytest.importorskip("llama_cpp")
     out, tokenizer = trained
     ids = prompt_ids(tokenizer)
-    expected = hf_greedy(out["f16"] / "merged", ids, 40)
-    got = llama_greedy(next((out["f16"] / "gguf").glob("*.gguf")), ids, 40, tokenizer.eos_token_id)
+    expected = hf_greedy(out[quant] / "merged", ids, 40)
+    got = llama_greedy(next((out[quant] / "gguf").glob("*.gguf")), ids, 40, tokenizer.eos_token_id)
+    return expected, got, tokenizer
+
+
+def test_f16_gguf_generates_the_merged_models_tool_call_token_for_token(trained):
+    expected, got, tokenizer = greedy_in_both(trained, "f16")
     assert got == expected
     _, calls, invalid = parse_generation(tokenizer.decode(got), [ADD], tokenizer)
     assert [(c.name, c.arguments) for c in calls] == [("add", {"a": 17, "b": 25})] and not invalid
 
 
 def test_q8_0_gguf_generates_the_same_tool_call(trained):
-    pytest.importorskip("llama_cpp")
-    out, tokenizer = trained
-    ids = prompt_ids(tokenizer)
-    expected = hf_greedy(out["q8_0"] / "merged", ids, 40)
-    got = llama_greedy(next((out["q8_0"] / "gguf").glob("*.gguf")), ids, 40, tokenizer.eos_token_id)
+    expected, got, tokenizer = greedy_in_both(trained, "q8_0")
     # Q8_0 rounds every weight; the greedy path may differ on a near-tie, but the call it writes must not.
     agree = sum(a == b for a, b in zip(got, expected)) / len(expected)
     assert agree >= 0.9, (got, expected)
