@@ -517,7 +517,7 @@ class RunState:
 
     def load_tasks(self, custom: Sequence[Task | str] = ()) -> dict[str, list[Task]]:
         """The stored splits; tasks whose verifier is a callable get it back from ``custom`` by id."""
-        callables = {t.id: t.verifier for t in custom if isinstance(t, Task) and t.verifier is not None}
+        callables = custom_verifiers([t for t in custom if isinstance(t, Task)])
         data = json.loads((self.run / "tasks.json").read_text())
         return {split: [task_from_dict(record, callables) for record in records] for split, records in data.items()}
 
