@@ -409,14 +409,15 @@ def log(message: str) -> None:
 
 
 MODEL_ORDER = ["teacher", "inventory expert", *METHODS]
-DYNAMICS = ("reward", "frac_reward_zero_std", "rollout/tool_call_rate", "rollout/invalid_call_rate")
+DYNAMICS = ("reward", "frac_reward_zero_std", "rollout/tool_call_rate", "rollout/with_invalid_call")
 """Per GRPO step: ``rollout/tool_call_rate`` is the valid-call rate (rollouts with at least one parsed call of an
-offered tool), ``rollout/invalid_call_rate`` the rollouts with at least one call the parser rejected."""
+offered tool), ``rollout/with_invalid_call`` (``rollout/invalid_call_rate`` in logs written before it was renamed) the
+rollouts with at least one call the parser rejected."""
 
 
 def dynamics(rows: list[dict]) -> list[dict]:
     """The GRPO steps of a ``metrics.jsonl``."""
-    return [r for r in rows if "reward" in r]
+    return [{"rollout/with_invalid_call": r.get("rollout/invalid_call_rate"), **r} for r in rows if "reward" in r]
 
 
 def collect(out: Path) -> dict[str, Any]:
@@ -517,7 +518,7 @@ def dynamics_rows(runs: dict[str, Any], teacher: str, out: Path, plots: bool) ->
                 f"{mean5(curves[k][:5]):.2f} → {mean5(curves[k][-5:]):.2f}")
             rows.append(f"| {key} | {seed_of(name)} | {t['reward']} | {t['steps']} | {span('reward')} | "
                         f"{span('frac_reward_zero_std')} | {span('rollout/tool_call_rate')} | "
-                        f"{span('rollout/invalid_call_rate')} | {t['cpu_s'] / 3600:.2f} |")
+                        f"{span('rollout/with_invalid_call')} | {t['cpu_s'] / 3600:.2f} |")
             if plots:
                 plot_dynamics(curves, out / "plots" / f"dynamics-{name}-{safe(key)}.png",
                               f"{key} ({name})")
@@ -539,7 +540,7 @@ def plot_dynamics(curves: dict[str, list], path: Path, title: str) -> Path:
     steps = list(range(1, len(curves["reward"]) + 1))
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
     panels = ([k for k in curves if k == "reward" or k.startswith("reward/")], ["frac_reward_zero_std"],
-              ["rollout/tool_call_rate", "rollout/invalid_call_rate"])
+              ["rollout/tool_call_rate", "rollout/with_invalid_call"])
     titles = ("reward and components", "groups with zero reward std", "rollouts with a valid / an invalid call")
     for ax, keys, label in zip(axes, panels, titles):
         for key in keys:

@@ -10,17 +10,19 @@ from typing import Any
 
 from mentor_agents.distill import DistillConfig, distill
 from mentor_agents.environment import Environment, EnvironmentFactory
+from mentor_agents.messages import Message, ToolCall
 from mentor_agents.references import RewardReference, build_references, summarize
 from mentor_agents.rewards import RewardResult, TeacherGuidedReward
 from mentor_agents.rollouts import Rollout
 from mentor_agents.tasks import ExactMatch, NumericMatch, Task
-from mentor_agents.traces import ModelStep, ToolCall, ToolStep, Trace, TraceFileError, TraceStore
+from mentor_agents.traces import ModelStep, ToolStep, Trace, TraceFileError, TraceStore
 
 __all__ = [
     "DistillConfig",
     "Environment",
     "EnvironmentFactory",
     "ExactMatch",
+    "Message",
     "ModelStep",
     "NumericMatch",
     "RewardReference",

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Hashable, Iterable, Mapping, Sequence
 
+from mentor_agents.messages import tool_names
 from mentor_agents.references import RewardReference
 from mentor_agents.rewards import same_value
 from mentor_agents.traces import ModelStep, Trace
@@ -88,7 +89,7 @@ def unparsed_calls(trace: Trace) -> int:
 
 
 def unknown_tool_calls(trace: Trace) -> int:
-    offered = {schema["function"]["name"] for schema in trace.tools if "function" in schema}
+    offered = tool_names(trace.tools)
     return sum(call.name not in offered for call in trace.tool_calls) if offered else 0
 
 

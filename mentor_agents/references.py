@@ -9,6 +9,7 @@ from typing import Annotated, Any, Callable, Iterable, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_serializer, field_validator
 
+from mentor_agents.messages import tool_names
 from mentor_agents.tasks import ExactMatch, NumericMatch, Verdict, Verifier, check, is_custom, last_number
 from mentor_agents.traces import SCHEMA_VERSION, Trace, read_jsonl, write_jsonl_atomic
 
@@ -59,7 +60,7 @@ class RewardReference(BaseModel):
     @property
     def tool_names(self) -> set[str]:
         """Names of every tool offered to the agent."""
-        return {schema["function"]["name"] for schema in self.tools if "function" in schema}
+        return tool_names(self.tools)
 
     def is_correct(self, answer: str | None, state: Any = None) -> bool:
         """Whether ``answer`` is right: the task's verifier against the ground truth (the teacher's verified answer

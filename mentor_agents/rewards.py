@@ -31,7 +31,7 @@ from typing import Any, Callable, Literal
 
 from mentor_agents.references import RewardReference
 from mentor_agents.rollouts import Rollout
-from mentor_agents.traces import ToolCall
+from mentor_agents.messages import ToolCall
 
 RewardName = Literal["mentor", "sparse", "overlap", "no_match", "f1"]
 REWARD_NAMES: tuple[str, ...] = ("mentor", "sparse", "overlap", "no_match", "f1")

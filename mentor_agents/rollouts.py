@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from mentor_agents.traces import ToolCall
+from mentor_agents.messages import ArgumentsError, ToolCall, content_text, decode_arguments
 
 
 class InvalidToolCall(BaseModel):
@@ -57,6 +56,9 @@ class Rollout(BaseModel):
     prefill_fallbacks: int = 0
     """Turns whose re-rendered history differed from the tokens cached for this rollout, so it re-prefilled from
     the first difference (see `mentor_agents.prefix_cache.RolloutKV`)."""
+    rerendered_turns: int = 0
+    """Assistant turns the chat template re-rendered differently from the tokens sampled, so `stitch` kept the
+    sampled tokens and skipped the re-rendered ones (its non-strict path); DESIGN.md expects 0."""
 
     @model_validator(mode="after")
     def _cut_means_unfinished(self) -> Rollout:
@@ -73,6 +75,7 @@ class Rollout(BaseModel):
         """A rollout from OpenAI-format messages (tool-call arguments as dicts or JSON strings).
 
         The final answer is the content of the last assistant message when that message calls no tool.
+        A call whose arguments are not a JSON object is an invalid (malformed) call.
         Assistant messages may carry ``invalid_tool_calls`` (``[{"name", "error"}]``, optionally ``"kind"``) for calls
         the parser rejected. Without a ``kind``, one that has a name is a call to an unknown tool (the student's parser
         names only those) and one without is malformed.
@@ -85,8 +88,12 @@ class Rollout(BaseModel):
             turns += 1
             for call in message.get("tool_calls") or []:
                 function = call.get("function", call)
-                args = function.get("arguments", function.get("args", {}))
-                calls.append(ToolCall(id=call.get("id") or "", name=function["name"], args=args_dict(args)))
+                try:
+                    args = decode_arguments(function.get("arguments", function.get("args")))
+                except ArgumentsError as e:
+                    invalid.append(InvalidToolCall(name=function["name"], error=f"arguments {e}", kind="malformed"))
+                    continue
+                calls.append(ToolCall(id=call.get("id") or "", name=function["name"], args=args))
             for bad in message.get("invalid_tool_calls") or []:
                 kind = bad.get("kind") or ("unknown_tool" if bad.get("name") else "malformed")
                 invalid.append(InvalidToolCall(name=bad.get("name"), error=bad.get("error") or "", kind=kind))
@@ -117,21 +124,3 @@ class ScoredRollout(BaseModel):
     """The student's parsed calls, in order."""
     invalid_calls: list[InvalidToolCall]
     final_answer: str | None = None
-
-
-def args_dict(args: Any) -> dict[str, Any]:
-    if isinstance(args, str):
-        try:
-            args = json.loads(args) if args.strip() else {}
-        except json.JSONDecodeError:
-            return {"__raw__": args}
-    return args if isinstance(args, dict) else {"__raw__": args}
-
-
-def content_text(content: Any) -> str:
-    """Message content as plain text; list content (OpenAI parts) is joined."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    return "".join(part.get("text", "") if isinstance(part, dict) else str(part) for part in content)

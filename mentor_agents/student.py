@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from mentor_agents.files import recover_dir
+from mentor_agents.messages import tool_names
 from mentor_agents.toolcalls import InvalidCall, ParsedCall, as_call, parse_tool_calls
 
 import trl
@@ -676,7 +677,7 @@ def parse_generation(
     `mentor_agents.toolcalls` (Hermes/Qwen ``<tool_call>``, Llama-3 JSON, Phi) otherwise or when the markup is
     malformed. Calls to tools not in ``tools`` are invalid. Never raises on bad model output.
     """
-    names = [t.get("function", t)["name"] for t in tools or []]
+    names = tool_names(tools)
     if tokenizer is not None:
         for marker in end_markers(tokenizer):
             text = text.split(marker, 1)[0]

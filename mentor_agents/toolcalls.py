@@ -12,10 +12,11 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from mentor_agents.messages import ArgumentsError, decode_arguments
+
 HERMES_BLOCK = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.DOTALL)
 PHI_BLOCK = re.compile(r"<\|tool_call\|>(.*?)(?:<\|/tool_call\|>|$)", re.DOTALL)
 FENCED_BLOCK = re.compile(r"```(?:json|tool_call|tool_code)?\s*\n?(.*?)```", re.DOTALL)
-MARKERS = ("<tool_call>", "<|tool_call|>", "functools[", "<|python_tag|>")
 
 
 @dataclass
@@ -125,13 +126,10 @@ def as_call(item: Any) -> ParsedCall | str:
     name = item.get("name")
     if not isinstance(name, str) or not name:
         return "the call has no 'name' string"
-    args = item.get("arguments", item.get("parameters", {}))
-    if isinstance(args, str):
-        args, error = load_json(args) if args.strip() else ({}, None)
-        if error:
-            return f"arguments of {name!r} are not valid JSON: {error}"
-    if not isinstance(args, dict):
-        return f"arguments of {name!r} must be a JSON object, got {type(args).__name__}"
+    try:
+        args = decode_arguments(item.get("arguments", item.get("parameters")))
+    except ArgumentsError as e:
+        return f"arguments of {name!r} {e}"
     return ParsedCall(name=name, arguments=args)
 
 

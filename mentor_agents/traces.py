@@ -20,6 +20,7 @@ from filelock import FileLock
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mentor_agents.files import write_text_atomic
+from mentor_agents.messages import ToolCall
 from mentor_agents.tasks import ExactMatch, NumericMatch, Verdict
 
 logger = logging.getLogger(__name__)
@@ -29,16 +30,6 @@ SCHEMA_VERSION = 1
 
 class Record(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class ToolCall(Record):
-    """One call the model asked for."""
-
-    id: str
-    name: str
-    args: dict[str, Any]
-    parsed_from_text: bool = False
-    """True when the call was recovered from the message text by the lenient parser, not sent as a tool call."""
 
 
 class Usage(Record):

@@ -13,9 +13,10 @@ result.adapter_dir, result.metrics[-1]["reward"]
 Each GRPO step logs (to ``trainer.state.log_history`` and ``<output_dir>/<stage>/metrics.jsonl``): ``reward``,
 ``reward_std``, ``reward/<component>`` (the reward breakdown, 0 where a gate fired), ``reward/gated``,
 ``rollout/tool_call_rate`` (share of rollouts with a valid call), ``rollout/tool_calls``,
-``rollout/invalid_call_rate`` (share of rollouts with an invalid call), ``rollout/invalid_calls/<name>`` (invalid
+``rollout/with_invalid_call`` (share of rollouts with an invalid call), ``rollout/invalid_calls/<name>`` (invalid
 calls naming that tool in the step's rollouts; ``<malformed>`` for calls that did not parse), ``rollout/turns``,
-``rollout/finished``, ``kl`` (when ``beta > 0``) and ``frac_reward_zero_std`` (share of groups whose rewards are all
+``rollout/finished``, ``rollout/rerendered_rollouts`` (rollouts whose chat template re-rendered a sampled turn
+differently, stitched on `mentor_agents.tokens.stitch`'s non-strict path; expected 0), ``kl`` (when ``beta > 0``) and ``frac_reward_zero_std`` (share of groups whose rewards are all
 equal). Each rollout, with its reward, breakdown and reason, goes to ``<output_dir>/<stage>/rollouts.jsonl``
 (`mentor_agents.rollouts.ScoredRollout`).
 """
@@ -318,16 +319,18 @@ def grpo_dataset(references: Sequence[RewardReference]) -> Dataset:
 
 
 def rollout_metrics(rollouts: Sequence[Rollout]) -> dict[str, float]:
-    """Tool-call, invalid-call, turn and finish rates over ``rollouts``, and the count of invalid calls by name."""
+    """Tool-call, invalid-call, turn and finish rates over ``rollouts``, the count of invalid calls by name, and how
+    many rollouts were stitched past a re-rendered turn."""
     n = max(1, len(rollouts))
     invalid = Counter(call.label for r in rollouts for call in r.invalid_calls)
     return {
         "rollout/tool_call_rate": sum(bool(r.tool_calls) for r in rollouts) / n,
         "rollout/tool_calls": sum(len(r.tool_calls) for r in rollouts) / n,
-        "rollout/invalid_call_rate": sum(bool(r.invalid_calls) for r in rollouts) / n,
+        "rollout/with_invalid_call": sum(bool(r.invalid_calls) for r in rollouts) / n,
         "rollout/turns": sum(r.turns for r in rollouts) / n,
         "rollout/finished": sum(r.finished for r in rollouts) / n,
         "rollout/prefill_fallbacks": sum(r.prefill_fallbacks for r in rollouts) / n,
+        "rollout/rerendered_rollouts": sum(r.rerendered_turns > 0 for r in rollouts),
         **{f"rollout/invalid_calls/{label}": count for label, count in invalid.most_common()},
     }
 

@@ -2,7 +2,8 @@
 import the writer by a top-level name (the tests folder is on its ``sys.path``; the ``tests`` package is not)."""
 
 from mentor_agents.tasks import NumericMatch
-from mentor_agents.traces import ModelStep, ToolCall, ToolStep, Trace, TraceStore
+from mentor_agents.messages import ToolCall
+from mentor_agents.traces import ModelStep, ToolStep, Trace, TraceStore
 
 
 def make_trace(task_id="t1", verdict="correct", error=None, sample=0):

@@ -5,7 +5,8 @@ import pytest
 from mentor_agents.evaluation import (bootstrap_ci, comparison_table, evaluate_traces, paired_bootstrap,
                                       plot_reward_curve, plot_success)
 from mentor_agents.references import CallReference, RewardReference
-from mentor_agents.traces import ModelStep, ToolCall, Trace, Usage
+from mentor_agents.messages import ToolCall
+from mentor_agents.traces import ModelStep, Trace, Usage
 
 TOOLS = [{"type": "function", "function": {"name": n, "parameters": {}}} for n in ("add", "multiply")]
 

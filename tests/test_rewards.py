@@ -14,7 +14,7 @@ from mentor_agents.rewards import (
 )
 from mentor_agents.rollouts import InvalidToolCall, Rollout
 from mentor_agents.tasks import NumericMatch
-from mentor_agents.traces import ToolCall
+from mentor_agents.messages import ToolCall
 
 TOOL_NAMES = ["add", "multiply", "divide", "sqrt"]
 SCHEMAS = [{"type": "function", "function": {"name": n, "parameters": {"type": "object"}}} for n in TOOL_NAMES]

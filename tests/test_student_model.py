@@ -11,17 +11,10 @@ from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, Tool
 from forcing import ForceText
 from transformers import LogitsProcessorList
 
-from mentor_agents.integrations.langgraph import (
-    NotPrefixPreservingError,
-    StudentChatModel,
-    TokenRecord,
-    TokenRecorder,
-    rollout_from_run,
-    stitch,
-    swap_model,
-)
+from mentor_agents.integrations.langgraph import StudentChatModel, TokenRecorder, rollout_from_run, swap_model
 from mentor_agents.integrations.langgraph.calculator import SYSTEM_PROMPT, TOOLS, ScriptedCalculatorTeacher, build_agent
 from mentor_agents.integrations.langgraph.student_model import openai_messages
+from mentor_agents.tokens import NotPrefixPreservingError, TokenRecord, stitch
 
 torch.set_num_threads(1)
 
@@ -103,7 +96,7 @@ def test_rollout_tokens_are_exact_through_create_agent(tiny):
     out = build_agent(student, "create_agent").invoke(
         {"messages": [("user", QUESTION)]}, config={"callbacks": [recorder]})
     assert len(recorder.records) == 2
-    prompt, completion, mask, logprobs = stitch(recorder.records)
+    prompt, completion, mask, logprobs, _ = stitch(recorder.records)
 
     # Re-render the final conversation (the agent adds the system prompt to every model call) with the same tools.
     schemas = student.bind_tools(TOOLS).kwargs["tools"]
@@ -165,8 +158,9 @@ def test_stitch_rejects_a_prompt_that_rewrites_history():
     with pytest.raises(NotPrefixPreservingError, match="model call 1"):
         stitch([first, rewritten])
     # Lenient: keep the sampled turn, skip its re-rendering up to the end token, insert the rest.
-    prompt, completion, mask, logprobs = stitch([first, rewritten], strict=False)
-    assert prompt == [1, 2, 3] and completion == [4, 5, 9, 7, 8, 10, 9] and mask == [1, 1, 1, 0, 0, 1, 1]
+    assert stitch([first], strict=True).rerendered_turns == 0
+    prompt, completion, mask, logprobs, rerendered = stitch([first, rewritten], strict=False)
+    assert rerendered == 1 and prompt == [1, 2, 3] and completion == [4, 5, 9, 7, 8, 10, 9] and mask == [1, 1, 1, 0, 0, 1, 1]
     assert logprobs == [-0.1, -0.2, -0.3, 0.0, 0.0, -0.4, -0.5]
     with pytest.raises(NotPrefixPreservingError):
         stitch([first, TokenRecord([1, 7, 3, 4, 5, 9], [9], [0.0], (9,))], strict=False)

@@ -133,7 +133,7 @@ def test_sft_raises_valid_tool_calls_in_the_graph(student_dir, sft_result, held_
     # valid call (right tool name, JSON arguments) in a part of the rollouts.
     assert before["rollout/tool_call_rate"] == 0.0
     assert after["rollout/tool_call_rate"] > 0.0
-    assert after["rollout/tool_call_rate"] + after["rollout/invalid_call_rate"] > 0.8
+    assert after["rollout/tool_call_rate"] + after["rollout/with_invalid_call"] > 0.8
     assert (sft_result.adapter_dir / "adapter_config.json").is_file()
     assert [json.loads(line)["step"] for line in (sft_result.output_dir / "metrics.jsonl").read_text().splitlines()
              ][-2:] == [96, 96]
@@ -156,7 +156,7 @@ def test_mentor_grpo_after_sft_raises_the_mean_reward(sft_result, traces, rollou
     assert statistics.fmean(calls[-10:]) - statistics.fmean(calls[:10]) > 0.1, calls
     logged = result.metrics[0]
     for key in ("reward_std", "reward/correct", "reward/tool_match", "rollout/tool_call_rate",
-                "rollout/invalid_call_rate", "rollout/turns", "frac_reward_zero_std"):
+                "rollout/with_invalid_call", "rollout/turns", "frac_reward_zero_std"):
         assert key in logged, key
     lines = (result.output_dir / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines][:40] == list(range(1, 41))
@@ -185,7 +185,7 @@ def test_broken_json_gives_invalid_calls_and_low_rewards_not_errors(student_dir,
     result = grpo(student_dir, None, build_references(traces), fn, cfg)
     logged = [h for h in result.metrics if "reward" in h]
     assert len(logged) == 2
-    assert all(h["rollout/invalid_call_rate"] == 1.0 and h["rollout/tool_calls"] == 0 for h in logged)
+    assert all(h["rollout/with_invalid_call"] == 1.0 and h["rollout/tool_calls"] == 0 for h in logged)
     assert all(h["reward"] <= 0.1 + 1e-6 for h in logged)  # the "no answer" gate at most
     log = [ScoredRollout.model_validate_json(line)
            for line in (result.output_dir / "rollouts.jsonl").read_text().splitlines()]
@@ -281,7 +281,9 @@ def test_rollout_metrics_count_invalid_calls_by_name():
     malformed = InvalidToolCall(error="Expecting value", kind="malformed")
     metrics = rollout_metrics([Rollout(invalid_calls=[unknown, unknown, malformed]), Rollout(invalid_calls=[unknown])])
     assert metrics["rollout/invalid_calls/python"] == 3 and metrics["rollout/invalid_calls/<malformed>"] == 1
-    assert metrics["rollout/invalid_call_rate"] == 1.0
+    assert metrics["rollout/with_invalid_call"] == 1.0 and metrics["rollout/rerendered_rollouts"] == 0
+    assert rollout_metrics([Rollout(rerendered_turns=2), Rollout(), Rollout(rerendered_turns=1)])[
+        "rollout/rerendered_rollouts"] == 2
     assert not any(key.startswith("rollout/invalid_calls/") for key in rollout_metrics([Rollout()]))
 
 

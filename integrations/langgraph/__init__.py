@@ -3,13 +3,8 @@
 from mentor_agents.integrations.langgraph.recording import TraceRecorder, arecord, record, to_openai_messages
 from mentor_agents.integrations.langgraph.safety import with_tool_timeout
 from mentor_agents.integrations.langgraph.student_model import (
-    NotPrefixPreservingError,
     StudentChatModel,
-    Stitched,
-    TokenRecord,
     TokenRecorder,
-    prefix_preserved,
     rollout_from_run,
-    stitch,
     swap_model,
 )

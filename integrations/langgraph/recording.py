@@ -23,11 +23,9 @@ from tqdm.auto import tqdm
 
 from mentor_agents.environment import Environment, EnvironmentFactory, map_agent
 from mentor_agents.integrations.langgraph.safety import with_tool_timeout
+from mentor_agents.messages import PARSED_FROM_TEXT, ToolCall, content_text
 from mentor_agents.tasks import Task, is_custom
-from mentor_agents.traces import ModelStep, ToolCall, ToolStep, Trace, TraceStore, Usage
-
-PARSED_FROM_TEXT_KEY = "mentor_parsed_from_text"
-"""``AIMessage.additional_kwargs`` key listing the ids of tool calls that a lenient parser recovered from the text."""
+from mentor_agents.traces import ModelStep, ToolStep, Trace, TraceStore, Usage
 
 _ENDPOINT_FIELDS = ("openai_api_base", "base_url", "azure_endpoint")
 
@@ -70,11 +68,6 @@ def _content(content: str | list[Any]) -> str | list[dict[str, Any]]:
     if all(block.get("type") == "text" for block in blocks):
         return "".join(block["text"] for block in blocks)
     return blocks
-
-
-def _text(content: Any) -> str:
-    content = _content(content) if isinstance(content, (str, list)) else content
-    return content if isinstance(content, str) else json.dumps(content, ensure_ascii=False, default=str)
 
 
 def _public_url(url: str) -> str:
@@ -146,7 +139,7 @@ class TraceRecorder(BaseCallbackHandler):
                 return
             slot, start, inputs = self._open.pop(run_id)
         message = response.generations[0][0].message
-        parsed = set(message.additional_kwargs.get(PARSED_FROM_TEXT_KEY, ()))
+        parsed = set(message.additional_kwargs.get(PARSED_FROM_TEXT, ()))
         usage = message.usage_metadata or {}
         self.steps[slot] = ModelStep(
             input_messages=inputs,
@@ -184,7 +177,7 @@ class TraceRecorder(BaseCallbackHandler):
     def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> None:
         error = isinstance(output, ToolMessage) and output.status == "error"
         content = output.content if isinstance(output, ToolMessage) else output
-        self._close_tool(run_id, _text(content), error)
+        self._close_tool(run_id, content_text(content), error)
 
     def on_tool_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         self._close_tool(run_id, f"{type(error).__name__}: {error}", True)
@@ -244,12 +237,12 @@ def _reconcile_tool_steps(steps: list[ModelStep | ToolStep], messages: list[Any]
         if isinstance(step, ToolStep) and step.call_id in results:
             # What the agent was shown: ToolNode may have turned a raised error into its own message.
             seen = results[step.call_id]
-            step = step.model_copy(update={"result": _text(seen.content),
+            step = step.model_copy(update={"result": content_text(seen.content),
                                            "error": step.error or seen.status == "error"})
         if isinstance(step, ModelStep):
             out += pending
             pending = [
-                ToolStep(call_id=call.id, name=call.name, args=call.args, result=_text(results[call.id].content),
+                ToolStep(call_id=call.id, name=call.name, args=call.args, result=content_text(results[call.id].content),
                          error=results[call.id].status == "error")
                 for call in step.tool_calls if call.id not in executed and call.id in results
             ]

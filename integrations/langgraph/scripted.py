@@ -10,6 +10,8 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.runnables import Runnable
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
+from mentor_agents.messages import tool_names
+
 
 class ScriptedTeacher(BaseChatModel):
     """A deterministic chat model whose subclass decides each turn in `_respond`; usage is a rough
@@ -33,7 +35,7 @@ class ScriptedTeacher(BaseChatModel):
 
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: Any = None,
                   **kwargs: Any) -> ChatResult:
-        bound = {schema["function"]["name"] for schema in kwargs.get("tools") or []}
+        bound = tool_names(kwargs.get("tools"))
         message = self._respond(messages, bound)
         chars_in = sum(len(str(m.content)) for m in messages)
         chars_out = len(str(message.content)) + sum(len(str(c["args"])) + len(c["name"]) for c in message.tool_calls)

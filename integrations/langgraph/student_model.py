@@ -18,7 +18,7 @@ import threading
 import types
 import uuid
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, Sequence
+from typing import Any, Literal, Sequence
 
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.language_models import BaseChatModel
@@ -31,22 +31,13 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from mentor_agents.integrations.langgraph.graphs import recompile
 from mentor_agents.integrations.langgraph.recording import to_openai_messages
+from mentor_agents.messages import tool_names
 from mentor_agents.prefix_cache import PrefixCache, end_of_turn
 from mentor_agents.rollouts import Rollout
+from mentor_agents.tokens import TokenRecord, stitch
 from mentor_agents.student import end_markers, load_student, parse_generation, stop_token_ids
 
 # ------------------------------------------------------------------------------------------------ token recording
-
-
-class TokenRecord(NamedTuple):
-    """One model call: the rendered prompt, the sampled tokens (with the stop token, if one was sampled), their
-    log-probabilities under the model (``log_softmax(logits / temperature)``, before top-p and logits processors),
-    and the ids that end a turn."""
-
-    prompt_ids: list[int]
-    generated_ids: list[int]
-    logprobs: list[float]
-    end_ids: tuple[int, ...] = ()
 
 
 class TokenRecorder(BaseCallbackHandler):
@@ -58,89 +49,6 @@ class TokenRecorder(BaseCallbackHandler):
 
     def __init__(self) -> None:
         self.records: list[TokenRecord] = []
-
-    def stitch(self, strict: bool = True) -> Stitched:
-        return stitch(self.records, strict=strict)
-
-
-class Stitched(NamedTuple):
-    prompt_ids: list[int]
-    completion_ids: list[int]
-    completion_mask: list[int]
-    """1 on tokens the model sampled, 0 on tokens inserted by the chat template or by tool results."""
-    logprobs: list[float]
-    """The model's log-probabilities of the sampled completion tokens; 0.0 on inserted tokens."""
-
-
-class NotPrefixPreservingError(ValueError):
-    """A later prompt does not extend the previous prompt plus its generation, so tokens cannot be stitched exactly."""
-
-
-def stitch(records: Sequence[TokenRecord], strict: bool = True) -> Stitched:
-    """One training sequence from the model calls of a run: ``prompt = prompt_0`` and
-    ``completion = gen_0 + (prompt_1 - prompt_0 - gen_0) + gen_1 + ...``.
-
-    With ``strict=True`` every prompt must start with the previous prompt plus the tokens generated after it, which
-    holds when the template is prefix-preserving and the model wrote its turn exactly as the template re-renders it;
-    otherwise `NotPrefixPreservingError`. With ``strict=False`` a re-rendered assistant turn that differs from what
-    was sampled (other spacing or tokenization of a tool call) is skipped up to its end token, and the sampled tokens
-    are kept; the history before the turn must still be unchanged.
-    """
-    if not records:
-        raise ValueError("no token records to stitch: the run made no StudentChatModel call with a TokenRecorder")
-    prompt = list(records[0].prompt_ids)
-    completion: list[int] = []
-    mask: list[int] = []
-    logprobs: list[float] = []
-    for k, record in enumerate(records):
-        if len(record.logprobs) != len(record.generated_ids):
-            raise ValueError(f"model call {k}: {len(record.logprobs)} logprobs for {len(record.generated_ids)} tokens")
-        if k:
-            so_far = prompt + completion
-            ids = list(record.prompt_ids)
-            if ids[: len(so_far)] == so_far:
-                inserted = ids[len(so_far):]
-            elif strict:
-                at = next((i for i, (a, b) in enumerate(zip(ids, so_far)) if a != b), min(len(ids), len(so_far)))
-                raise NotPrefixPreservingError(
-                    f"model call {k}: its prompt does not start with the previous prompt plus the tokens generated "
-                    f"after it (first difference at token {at} of {len(so_far)}). The chat template is not "
-                    "prefix-preserving, or the model wrote its turn differently from how the template re-renders it "
-                    "(spacing or tokenization of a tool call); use stitch(records, strict=False) to keep the sampled "
-                    "tokens and skip the re-rendered turn"
-                )
-            else:
-                inserted = _after_rerendered_turn(records[k - 1], ids, k)
-            completion += inserted
-            mask += [0] * len(inserted)
-            logprobs += [0.0] * len(inserted)
-        completion += record.generated_ids
-        mask += [1] * len(record.generated_ids)
-        logprobs += record.logprobs
-    return Stitched(prompt, completion, mask, logprobs)
-
-
-def _after_rerendered_turn(previous: TokenRecord, ids: list[int], k: int) -> list[int]:
-    start = len(previous.prompt_ids)
-    if ids[:start] != list(previous.prompt_ids):
-        raise NotPrefixPreservingError(
-            f"model call {k}: its prompt does not start with the previous prompt, so the history before the last "
-            "assistant turn was re-rendered differently; the chat template is not prefix-preserving"
-        )
-    end = next((i for i in range(start, len(ids)) if ids[i] in previous.end_ids), None)
-    if end is None:
-        raise NotPrefixPreservingError(f"model call {k}: no end-of-turn token after the re-rendered assistant turn")
-    ended = bool(previous.generated_ids) and previous.generated_ids[-1] in previous.end_ids
-    return ids[end + 1:] if ended else ids[end:]
-
-
-def prefix_preserved(records: Sequence[TokenRecord]) -> bool:
-    """Whether `stitch` with ``strict=True`` succeeds: every re-rendered turn equals what was sampled."""
-    try:
-        stitch(records, strict=True)
-    except NotPrefixPreservingError:
-        return False
-    return True
 
 
 def rollout_from_run(
@@ -327,7 +235,7 @@ def turn_message(text: str, tokenizer: Any, tools: list[dict] | None = None, too
         offered = tools or []
         name = _chosen_name(tool_choice)
         if name is not None:
-            offered = [t for t in offered if t["function"]["name"] == name]
+            offered = [t for t in offered if tool_names([t]) == {name}]
         content, calls, invalid = parse_generation(text, offered, tokenizer)
     return AIMessage(
         content=content,

@@ -57,11 +57,11 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from mentor_agents.messages import Message, ToolCall, content_text, decode_arguments, tool_names
 from mentor_agents.toolcalls import parse_tool_calls
-from mentor_agents.traces import ModelStep, ToolCall, ToolStep, Trace, TraceStore, Usage
+from mentor_agents.traces import ModelStep, ToolStep, Trace, TraceStore, Usage
 
 from mentor_agents.integrations.openai.server import APIError, check_api_key, error_response, read_json_body
-from mentor_agents.integrations.openai.teacher import tool_names
 
 logger = logging.getLogger(__name__)
 
@@ -81,34 +81,17 @@ class Conversation:
     """Latency and usage of the answers recorded so far, by their index in ``messages``."""
 
 
-def text_content(content: Any) -> str:
-    if isinstance(content, list):
-        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
-    return content or ""
-
-
 def trace_message(message: dict[str, Any]) -> dict[str, Any]:
-    """An OpenAI message as stored in traces: tool-call arguments as dicts, null content as "", no null fields."""
-    message = {k: v for k, v in message.items() if v is not None}
-    message["content"] = message.get("content", "")
-    if message.get("tool_calls"):
-        message["tool_calls"] = [
-            {**call, "function": {**call["function"], "arguments": arguments_dict(call["function"].get("arguments"))}}
-            for call in message["tool_calls"]
+    """An OpenAI message as stored in traces: validated as a `Message`, tool-call arguments as dicts, null content
+    as "", no null fields."""
+    out = Message.model_validate(message).model_dump(exclude_none=True)
+    out["content"] = out.get("content", "")
+    if out.get("tool_calls"):
+        out["tool_calls"] = [
+            {**call, "function": {**call["function"], "arguments": decode_arguments(call["function"].get("arguments"))}}
+            for call in out["tool_calls"]
         ]
-    return message
-
-
-def arguments_dict(arguments: Any) -> dict[str, Any]:
-    if isinstance(arguments, dict):
-        return arguments
-    if not arguments:
-        return {}
-    try:
-        value = json.loads(arguments)
-    except json.JSONDecodeError:
-        return {"__invalid_json__": arguments}
-    return value if isinstance(value, dict) else {"__invalid_json__": arguments}
+    return out
 
 
 def message_key(message: dict[str, Any]) -> tuple:
@@ -117,12 +100,12 @@ def message_key(message: dict[str, Any]) -> tuple:
         (c.get("id"), c["function"]["name"], json.dumps(c["function"]["arguments"], sort_keys=True))
         for c in message.get("tool_calls") or ()
     )
-    return message.get("role"), text_content(message.get("content")).strip(), calls, message.get("tool_call_id")
+    return message.get("role"), content_text(message.get("content")).strip(), calls, message.get("tool_call_id")
 
 
 def task_id_for(messages: list[dict[str, Any]]) -> str:
-    system = next((text_content(m.get("content")) for m in messages if m.get("role") in ("system", "developer")), "")
-    user = next((text_content(m.get("content")) for m in messages if m.get("role") == "user"), "")
+    system = next((content_text(m.get("content")) for m in messages if m.get("role") in ("system", "developer")), "")
+    user = next((content_text(m.get("content")) for m in messages if m.get("role") == "user"), "")
     return "proxy-" + hashlib.sha256(json.dumps([system, user]).encode()).hexdigest()[:16]
 
 
@@ -182,7 +165,7 @@ class Recorder:
             elif message.get("role") == "tool":
                 call = calls_by_id.get(message.get("tool_call_id", ""))
                 steps.append(ToolStep(call_id=message.get("tool_call_id", ""), name=call.name if call else "",
-                                      args=call.args if call else {}, result=text_content(message.get("content"))))
+                                      args=call.args if call else {}, result=content_text(message.get("content"))))
         final_answer = None
         partial = True
         if answer is not None:
@@ -191,15 +174,15 @@ class Recorder:
             conv.turn_stats[len(messages)] = (latency_s, usage)
             conv.messages = messages + [output]
             if not output.get("tool_calls"):
-                final_answer, partial = text_content(output.get("content")), False
+                final_answer, partial = content_text(output.get("content")), False
                 if conv in self.open:
                     self.open.remove(conv)
         total = sum((s.usage for s in steps if isinstance(s, ModelStep)), Usage())
         trace = Trace(
             task_id=conv.task_id,
             sample=conv.sample,
-            task_input=next((text_content(m.get("content")) for m in messages if m.get("role") == "user"), ""),
-            system_prompt=next((text_content(m.get("content")) for m in messages
+            task_input=next((content_text(m.get("content")) for m in messages if m.get("role") == "user"), ""),
+            system_prompt=next((content_text(m.get("content")) for m in messages
                                 if m.get("role") in ("system", "developer")), None),
             tools=request.get("tools") or [],
             steps=steps,
@@ -223,9 +206,8 @@ class Recorder:
     @staticmethod
     def model_step(inputs: list[dict[str, Any]], output: dict[str, Any], conv: Conversation, latency_s: float,
                    usage: Usage) -> ModelStep:
-        calls = [ToolCall(id=c.get("id") or "", name=c["function"]["name"], args=c["function"]["arguments"],
-                          parsed_from_text=c.get("id") in conv.parsed_from_text)
-                 for c in output.get("tool_calls") or ()]
+        calls = [call.model_copy(update={"parsed_from_text": call.id in conv.parsed_from_text})
+                 for call in Message.model_validate(output).calls()]
         return ModelStep(input_messages=inputs, output=output, tool_calls=calls, latency_s=latency_s, usage=usage)
 
 
@@ -233,7 +215,7 @@ def promote_text_calls(answer: dict[str, Any], allowed: set[str]) -> list[str]:
     """Move calls written in ``answer["content"]`` into ``answer["tool_calls"]`` (in place); their ids."""
     if answer.get("tool_calls") or not allowed:
         return []
-    parsed = parse_tool_calls(text_content(answer.get("content")), allowed=allowed, lenient=True)
+    parsed = parse_tool_calls(content_text(answer.get("content")), allowed=allowed, lenient=True)
     if not parsed.calls:
         return []
     answer["content"] = parsed.content or None

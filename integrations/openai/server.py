@@ -44,6 +44,7 @@ from langchain_core.messages import (
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from mentor_agents.messages import ArgumentsError, content_text, decode_arguments
 from mentor_agents.toolcalls import new_call_id
 
 
@@ -241,25 +242,12 @@ def validation_error(exc: RequestValidationError) -> APIError:
                     code="invalid_json" if not param else None)
 
 
-def text_of(content: str | list[TextPart] | None) -> str:
-    """A message ``content`` (string, null, or a list of text parts) as one string."""
-    if isinstance(content, list):
-        return "".join(part.text for part in content)
-    return content or ""
-
-
-def parse_arguments(arguments: str | dict[str, Any] | None, param: str) -> dict[str, Any]:
-    """Tool-call arguments, sent as a JSON string (OpenAI, ChatOpenAI) or an object, as a dict."""
-    if arguments is None or arguments == "":
-        return {}
-    if isinstance(arguments, str):
-        try:
-            arguments = json.loads(arguments)
-        except (json.JSONDecodeError, RecursionError) as e:
-            raise APIError(400, f"tool-call arguments are not valid JSON: {e}", param=param) from None
-    if not isinstance(arguments, dict):
-        raise APIError(400, f"tool-call arguments must be a JSON object, got {type(arguments).__name__}", param=param)
-    return arguments
+def arguments_of(call: ToolCallRequest, param: str) -> dict[str, Any]:
+    """A request tool call's arguments as a dict; 400 naming the call when they are not a JSON object."""
+    try:
+        return decode_arguments(call.function.arguments)
+    except ArgumentsError as e:
+        raise APIError(400, f"tool-call arguments {e}", param=param) from None
 
 
 def to_langchain_messages(messages: list[ChatMessage]) -> list[BaseMessage]:
@@ -267,14 +255,14 @@ def to_langchain_messages(messages: list[ChatMessage]) -> list[BaseMessage]:
     converted: list[BaseMessage] = []
     for i, message in enumerate(messages):
         param = f"messages[{i}]"
-        content = text_of(message.content)
+        content = content_text(message.model_dump(include={"content"}).get("content"))
         if message.role in ("system", "developer"):
             converted.append(SystemMessage(content))
         elif message.role == "user":
             converted.append(HumanMessage(content))
         elif message.role == "assistant":
             calls = [{"name": call.function.name, "id": call.id or new_call_id(), "type": "tool_call",
-                      "args": parse_arguments(call.function.arguments, f"{param}.tool_calls[{j}].function.arguments")}
+                      "args": arguments_of(call, f"{param}.tool_calls[{j}].function.arguments")}
                      for j, call in enumerate(message.tool_calls or [])]
             converted.append(AIMessage(content, tool_calls=calls))
         else:

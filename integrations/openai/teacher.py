@@ -15,22 +15,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage
 from langchain_core.outputs import ChatResult
 from langchain_openai import ChatOpenAI
 
+from mentor_agents.messages import PARSED_FROM_TEXT, tool_names
 from mentor_agents.toolcalls import parse_tool_calls
-
-PARSED_FROM_TEXT = "mentor_parsed_from_text"
-"""Key in ``AIMessage.additional_kwargs`` listing the ids of the calls recovered from the message text."""
-
-
-def tool_names(tools: Iterable[dict[str, Any]] | None) -> set[str]:
-    """Names of OpenAI-format tool schemas."""
-    return {tool["function"]["name"] for tool in tools or () if "function" in tool}
 
 
 def promote_text_calls(message: AIMessage, allowed: set[str]) -> AIMessage:
