@@ -37,7 +37,7 @@ from mentor_agents.integrations.langgraph.calculator import ScriptedCalculatorTe
 from mentor_agents.integrations.langgraph.recording import record
 from mentor_agents.integrations.openai.server import create_app, running_server
 from mentor_agents.integrations.openai.teacher import OpenAITeacher
-from mentor_agents.student import make_tiny_student
+from mentor_agents.from_scratch import make_tiny_student
 from mentor_agents.traces import ModelStep, TraceStore
 
 KEY = "bench-key"

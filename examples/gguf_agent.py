@@ -40,7 +40,8 @@ def train_student(args: argparse.Namespace, out: Path, adapter) -> Path:
     from mentor_agents.distill import DistillConfig, DistilledStudent, fitted_student
     from mentor_agents.integrations.langgraph.calculator import make_tasks
     from mentor_agents.references import build_references
-    from mentor_agents.student import FITTED_FULL_MODULES, find_packaged_gguf, load_student
+    from mentor_agents.from_scratch import FITTED_FULL_MODULES
+    from mentor_agents.student import find_packaged_gguf, load_student
     from mentor_agents.traces import TraceStore
     from mentor_agents.training import TrainConfig, train
 

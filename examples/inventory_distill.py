@@ -26,7 +26,8 @@ from pathlib import Path
 
 from mentor_agents import DistillConfig, TrainConfig, distill
 from mentor_agents.integrations.langgraph import inventory
-from mentor_agents.student import FITTED_FULL_MODULES, TinyStudentConfig, find_packaged_gguf
+from mentor_agents.from_scratch import FITTED_FULL_MODULES, TinyStudentConfig
+from mentor_agents.student import find_packaged_gguf
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -68,8 +68,8 @@ from mentor_agents.integrations.langgraph.adapter import LangGraphAdapter
 from mentor_agents.integrations.openai.server import create_app, running_server
 from mentor_agents.integrations.openai.teacher import OpenAITeacher
 from mentor_agents.references import build_references, summarize
-from mentor_agents.student import (CHATML_TOOLS_TEMPLATE, CHATML_TOOLS_TRAINING_TEMPLATE, find_packaged_gguf,
-                                   hermes_response_template, load_student)
+from mentor_agents.chat_templates import CHATML_TOOLS_TEMPLATE, CHATML_TOOLS_TRAINING_TEMPLATE, hermes_response_template
+from mentor_agents.student import find_packaged_gguf, load_student
 from mentor_agents.training import TrainConfig, TrainResult, grpo_stage, load_trained, merge, train
 
 OUT = Path(__file__).parent / "results" / "mentor_comparison"

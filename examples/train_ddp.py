@@ -34,7 +34,8 @@ from mentor_agents.integrations.langgraph.calculator import TOOLS, ScriptedCalcu
 from mentor_agents.integrations.langgraph.recording import record
 from mentor_agents.integrations.langgraph.rollouts import graph_rollout_fn
 from mentor_agents.references import build_references, load_references, save_references
-from mentor_agents.student import load_student, make_tiny_student
+from mentor_agents.from_scratch import make_tiny_student
+from mentor_agents.student import load_student
 from mentor_agents.traces import TraceStore
 from mentor_agents.training import RolloutFn, TrainConfig, grpo, merge, sft
 

@@ -39,7 +39,7 @@ from mentor_agents.tasks import Task, is_custom, task_from_dict, task_to_dict
 from mentor_agents.traces import Trace, TraceStore
 
 if TYPE_CHECKING:  # torch and transformers load on first use, so that `import mentor_agents` stays light
-    from mentor_agents.student import TinyStudentConfig
+    from mentor_agents.from_scratch import TinyStudentConfig
     from mentor_agents.training import RolloutFn, TrainConfig, TrainResult
 
 
@@ -92,7 +92,7 @@ class DistillConfig:
     concurrency: int = 4
     timeout_s: float = 300.0
     seed: int = 0
-    tiny: TinyStudentConfig = field(default_factory=lambda: _student().TinyStudentConfig())
+    tiny: TinyStudentConfig = field(default_factory=lambda: _tiny_config())
     """Size of the ``student="tiny"`` model, built from scratch with a tokenizer fitted to the teacher traces."""
 
 
@@ -308,8 +308,9 @@ def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
 def fitted_student(out: Path, traces: list[Trace], config: DistillConfig) -> Path:
     """The ``tiny`` student of this run: a random model whose tokenizer is fitted to the teacher's conversations
-    (`mentor_agents.student.make_fitted_student`), built once into ``out``."""
-    from mentor_agents.student import build_atomically, make_fitted_student
+    (`mentor_agents.from_scratch.make_fitted_student`), built once into ``out``."""
+    from mentor_agents.from_scratch import make_fitted_student
+    from mentor_agents.student import build_atomically
     from mentor_agents.training import conversation
 
     if not (out / "config.json").is_file():
@@ -556,6 +557,12 @@ def _training():
     import mentor_agents.training
 
     return mentor_agents.training
+
+
+def _tiny_config() -> TinyStudentConfig:
+    from mentor_agents.from_scratch import TinyStudentConfig
+
+    return TinyStudentConfig()
 
 
 def _student():

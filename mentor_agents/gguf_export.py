@@ -12,7 +12,7 @@ The file is written with the `gguf` package (llama.cpp's own ``gguf-py``): its `
 against it), and it refuses tokenizers it does not know by hash, which every student fitted here is.
 
 What goes into the file besides the weights: the student's exact chat template (the ChatML tools template that
-`mentor_agents.student.prepare_tokenizer` installs for students whose own template ignores tools), its byte-level BPE
+`mentor_agents.chat_templates.prepare_tokenizer` installs for students whose own template ignores tools), its byte-level BPE
 vocabulary and merges, the eos / end-of-turn / pad tokens, and the llama.cpp pre-tokenizer that splits text the way
 the student's tokenizer does (`PRE_TOKENIZERS`).
 """
@@ -66,7 +66,7 @@ def export_gguf(model_dir: str | Path, out_dir: str | Path, quant: str = "q8_0",
     ``system`` is the agent's system prompt, written into the Modelfile. Returns the GGUF path.
     """
     from mentor_agents.ollama import write_modelfile
-    from mentor_agents.student import prepare_tokenizer
+    from mentor_agents.chat_templates import prepare_tokenizer
     from transformers import AutoTokenizer
 
     if quant not in QUANTS:

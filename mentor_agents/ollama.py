@@ -6,7 +6,7 @@ ollama run calc-student
 ```
 
 ``TEMPLATE`` is written in Ollama's Go-template language for the ChatML tools template (and its Phi-3 markup) that
-`mentor_agents.student.prepare_tokenizer` installs, and for TRL's Qwen2.5 template: tools as JSON lines inside
+`mentor_agents.chat_templates.prepare_tokenizer` installs, and for TRL's Qwen2.5 template: tools as JSON lines inside
 ``<tools>`` in the system turn, calls as ``<tool_call>{"name": ..., "arguments": ...}</tool_call>``, results in
 ``<tool_response>`` inside a user turn. Ollama serialises each tool compactly where Jinja's ``tojson`` puts spaces
 after separators; the model reads the same JSON either way. For any other chat template no TEMPLATE is written and
@@ -60,7 +60,7 @@ PHI3_MARKUP = {"<|im_start|>system": "<|system|>", "<|im_start|>user": "<|user|>
 
 def go_template(chat_template: str) -> str | None:
     """The Ollama TEMPLATE matching ``chat_template``, or None when it is not one of the Hermes tools templates."""
-    from mentor_agents.student import CHATML_TOOLS_TEMPLATE, PHI3_TOOLS_TEMPLATE, QWEN2_5_TEMPLATE
+    from mentor_agents.chat_templates import CHATML_TOOLS_TEMPLATE, PHI3_TOOLS_TEMPLATE, QWEN2_5_TEMPLATE
 
     if chat_template == CHATML_TOOLS_TEMPLATE:
         return CHATML_GO_TEMPLATE % {"default": DEFAULT_SYSTEM}
@@ -76,7 +76,7 @@ def go_template(chat_template: str) -> str | None:
 
 def modelfile(gguf_file: str, tokenizer, system: str | None = None) -> str:
     """The text of a Modelfile: ``FROM``, ``TEMPLATE`` (when known), ``PARAMETER stop`` per end marker, ``SYSTEM``."""
-    from mentor_agents.student import end_markers
+    from mentor_agents.chat_templates import end_markers
 
     lines = [f"FROM ./{gguf_file}", ""]
     template = go_template(tokenizer.chat_template or "")

@@ -1,7 +1,8 @@
 """Tool calls written as text: the Hermes/Qwen ``<tool_call>`` format, Llama-3 JSON, the Phi ``functools[...]`` /
 ``<|tool_call|>`` formats, fenced JSON and bare ``{"name", "arguments"}`` objects.
 
-Used to parse student generations, and, in lenient mode, teachers that answer with calls in ``content``.
+`parse_generation` parses student generations (with the tokenizer's response schema where it has one);
+`parse_tool_calls`, in lenient mode, parses teachers that answer with calls in ``content``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from mentor_agents.messages import ArgumentsError, decode_arguments
+from mentor_agents.messages import ArgumentsError, decode_arguments, tool_names
 
 HERMES_BLOCK = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.DOTALL)
 PHI_BLOCK = re.compile(r"<\|tool_call\|>(.*?)(?:<\|/tool_call\|>|$)", re.DOTALL)
@@ -164,3 +165,40 @@ def bare_json_values(text: str) -> list[tuple[int, int, Any]]:
         else:
             found.append((start, end, value))
             position = end
+
+
+def parse_generation(
+    text: str, tools: list[dict] | None = None, tokenizer=None
+) -> tuple[str, list[ParsedCall], list[InvalidCall]]:
+    """Split generated assistant text into ``(content, calls, invalid)``.
+
+    Uses ``tokenizer.parse_response`` where the tokenizer has a response schema, and the text parser of
+    `mentor_agents.toolcalls` (Hermes/Qwen ``<tool_call>``, Llama-3 JSON, Phi) otherwise or when the markup is
+    malformed. Calls to tools not in ``tools`` are invalid. Never raises on bad model output.
+    """
+    names = tool_names(tools)
+    if tokenizer is not None:
+        from mentor_agents.chat_templates import end_markers  # loads trl, which a tokenizer's caller has loaded
+
+        for marker in end_markers(tokenizer):
+            text = text.split(marker, 1)[0]
+    if tokenizer is not None and getattr(tokenizer, "response_template", None) is not None:
+        try:
+            message = tokenizer.parse_response(text, prefix="", tools=tools or None)
+        except ValueError:
+            message = None  # malformed markup: the text parser below says what is wrong with it
+        if isinstance(message, dict):
+            calls, invalid = [], []
+            for item in message.get("tool_calls") or []:
+                call = as_call(item)
+                if isinstance(call, str):
+                    invalid.append(InvalidCall(json.dumps(item, default=str), call))
+                elif call.name not in names:
+                    invalid.append(InvalidCall(json.dumps(item, default=str), f"unknown tool {call.name!r}", call.name))
+                else:
+                    calls.append(call)
+            if calls or invalid:
+                return (message.get("content") or "").strip(), calls, invalid
+    # No call found by the schema: the text may still hold one in another format (Llama-3 JSON, Phi, fenced JSON).
+    parsed = parse_tool_calls(text, allowed=names, lenient=True)
+    return parsed.content, parsed.calls, parsed.invalid

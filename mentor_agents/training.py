@@ -55,7 +55,8 @@ from mentor_agents.prefix_sharing import SharedPrefixGRPOTrainer, SharedPrefixSF
 from mentor_agents.references import RewardReference, build_references
 from mentor_agents.rewards import REWARD_NAMES, RewardResult, TeacherGuidedReward
 from mentor_agents.rollouts import Rollout, ScoredRollout
-from mentor_agents.student import load_student, training_chat_template
+from mentor_agents.chat_templates import training_chat_template
+from mentor_agents.student import load_student
 from mentor_agents.traces import ModelStep, Trace
 from mentor_agents.vllm_rollouts import VLLMClientBackend
 

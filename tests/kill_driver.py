@@ -42,7 +42,7 @@ from mentor_agents.integrations.langgraph.calculator import (  # noqa: E402
     make_tasks,
 )
 from mentor_agents.integrations.langgraph.rollouts import graph_rollout_fn  # noqa: E402
-from mentor_agents.student import make_tiny_student  # noqa: E402
+from mentor_agents.from_scratch import make_tiny_student  # noqa: E402
 from mentor_agents.traces import TraceStore  # noqa: E402
 
 

@@ -8,7 +8,7 @@ from peft import AutoPeftModelForCausalLM, LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mentor_agents.export import ModelCard, export_student
-from mentor_agents.student import make_tiny_student
+from mentor_agents.from_scratch import make_tiny_student
 
 
 @pytest.fixture(scope="module")

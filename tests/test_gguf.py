@@ -18,13 +18,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from mentor_agents.distill import DistilledStudent
 from mentor_agents.gguf_export import GGUFExportError, export_gguf, pre_tokenizer_signature
 from mentor_agents.ollama import CALL_INSTRUCTIONS, TOOLS_INSTRUCTIONS, go_template, modelfile
-from mentor_agents.student import (
-    FITTED_FULL_MODULES,
-    PHI3_TOOLS_TEMPLATE,
-    make_fitted_student,
-    make_tiny_student,
-    parse_generation,
-)
+from mentor_agents.chat_templates import PHI3_TOOLS_TEMPLATE
+from mentor_agents.from_scratch import FITTED_FULL_MODULES, make_fitted_student, make_tiny_student
+from mentor_agents.toolcalls import parse_generation
 
 ADD = {"type": "function", "function": {
     "name": "add", "description": "Add two numbers.",

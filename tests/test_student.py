@@ -10,19 +10,16 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from mentor_agents.student import (
-    ALIASES,
+from mentor_agents.chat_templates import (
     CHATML_TOOLS_TEMPLATE,
     QWEN2_5_TEMPLATE,
     StudentFormatError,
-    StudentLoadError,
-    load_student,
-    make_tiny_student,
-    parse_generation,
     prepare_tokenizer,
     renders_tools,
-    resolve_student,
 )
+from mentor_agents.from_scratch import make_tiny_student
+from mentor_agents.student import ALIASES, load_student, resolve_student, StudentLoadError
+from mentor_agents.toolcalls import parse_generation
 
 torch.set_num_threads(1)
 
@@ -252,7 +249,8 @@ def test_packaged_smollm2_gguf_converts_and_renders_tools(tmp_path):
 
 
 def test_installed_chatml_tools_template_has_a_training_variant(tmp_path):
-    from mentor_agents.student import CHATML_TOOLS_TEMPLATE, make_tiny_student, training_chat_template
+    from mentor_agents.chat_templates import CHATML_TOOLS_TEMPLATE, training_chat_template
+    from mentor_agents.from_scratch import make_tiny_student
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(make_tiny_student(tmp_path / "tiny"))

@@ -26,7 +26,8 @@ from mentor_agents.integrations.langgraph.recording import record
 from mentor_agents.integrations.langgraph.rollouts import graph_rollout_fn, run_rollouts
 from mentor_agents.references import build_references
 from mentor_agents.rollouts import InvalidToolCall, Rollout, ScoredRollout
-from mentor_agents.student import load_student, make_tiny_student
+from mentor_agents.from_scratch import make_tiny_student
+from mentor_agents.student import load_student
 from mentor_agents.traces import TraceStore
 from mentor_agents.training import (
     TrainConfig,

@@ -13,7 +13,8 @@ from forcing import CALLS, ToolTurnsThenModel, references
 from mentor_agents.integrations.langgraph.calculator import ScriptedCalculatorTeacher, build_agent
 from mentor_agents.integrations.langgraph.rollouts import graph_rollout_fn, run_rollouts
 from mentor_agents.integrations.openai.server import running_server
-from mentor_agents.student import make_tiny_student, stop_token_ids
+from mentor_agents.chat_templates import stop_token_ids
+from mentor_agents.from_scratch import make_tiny_student
 from mentor_agents.training import TrainConfig, grpo
 from mentor_agents.vllm_rollouts import VLLMClientBackend
 

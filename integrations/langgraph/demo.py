@@ -8,7 +8,7 @@ print(student.report)
 ```
 
 The student is ``"tiny"``: a small random Llama whose tokenizer `distill` fits to the teacher's own conversations
-(`mentor_agents.student.make_fitted_student`). It is trained by SFT on the teacher traces, then by MENTOR GRPO
+(`mentor_agents.from_scratch.make_fitted_student`). It is trained by SFT on the teacher traces, then by MENTOR GRPO
 (``sft+mentor``), and compared with the teacher, the untrained student and SFT alone on held-out in-domain
 (``test``) and out-of-domain (``ood``) calculator problems.
 """
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from mentor_agents.distill import DistillConfig, DistilledStudent, distill
 from mentor_agents.integrations.langgraph.calculator import ScriptedCalculatorTeacher, build_agent, make_tasks
-from mentor_agents.student import FITTED_FULL_MODULES, TinyStudentConfig
+from mentor_agents.from_scratch import FITTED_FULL_MODULES, TinyStudentConfig
 from mentor_agents.training import TrainConfig
 
 TRAIN_TASKS, TEST_TASKS, OOD_TASKS = 1000, 30, 14

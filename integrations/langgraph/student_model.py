@@ -35,7 +35,9 @@ from mentor_agents.messages import tool_names
 from mentor_agents.prefix_cache import PrefixCache, end_of_turn
 from mentor_agents.rollouts import Rollout
 from mentor_agents.tokens import TokenRecord, stitch
-from mentor_agents.student import end_markers, load_student, parse_generation, stop_token_ids
+from mentor_agents.chat_templates import end_markers, stop_token_ids
+from mentor_agents.student import load_student
+from mentor_agents.toolcalls import parse_generation
 
 # ------------------------------------------------------------------------------------------------ token recording
 
@@ -92,7 +94,7 @@ class StudentChatModel(BaseChatModel):
     """A local transformers causal LM as a LangChain chat model that calls tools through its chat template.
 
     Tools bound with `bind_tools` are rendered by ``tokenizer.apply_chat_template(tools=...)``; the generation is
-    parsed by `mentor_agents.student.parse_generation`. Calls get fresh ``call_...`` ids; calls that do not parse or
+    parsed by `mentor_agents.toolcalls.parse_generation`. Calls get fresh ``call_...`` ids; calls that do not parse or
     name an unbound tool land in ``invalid_tool_calls`` (never an exception). ``tool_choice``: ``"none"`` leaves the
     text unparsed; a tool name makes calls to other tools invalid; ``"required"``/``"any"`` are accepted but cannot
     force a call (generation is not constrained). Generation stops at the eos / end-of-turn token or ``stop``.
@@ -224,7 +226,7 @@ class StudentChatModel(BaseChatModel):
 def turn_message(text: str, tokenizer: Any, tools: list[dict] | None = None, tool_choice: Any = None,
                  stopped: bool = True) -> AIMessage:
     """The `AIMessage` of one generated turn, as `StudentChatModel` returns it: ``text`` (decoded, without the stop
-    token) parsed for calls to ``tools`` (`mentor_agents.student.parse_generation`); calls that do not parse or name
+    token) parsed for calls to ``tools`` (`mentor_agents.toolcalls.parse_generation`); calls that do not parse or name
     another tool go to ``invalid_tool_calls``. ``stopped``: the turn ended with a stop token (else it ran out of new
     tokens)."""
     if tool_choice == "none":
