@@ -26,7 +26,7 @@ from pathlib import Path
 
 from mentor_agents import DistillConfig, TrainConfig, distill
 from mentor_agents.integrations.langgraph import inventory
-from mentor_agents.from_scratch import FITTED_FULL_MODULES, TinyStudentConfig
+from mentor_agents.from_scratch import FITTED_FULL_MODULES, FittedStudentConfig
 from mentor_agents.student import find_packaged_gguf
 
 RESULTS = Path(__file__).parent / "results"
@@ -37,7 +37,7 @@ CONFIGS = {
                           lora_target_modules=["o_proj"], lora_modules_to_save=FITTED_FULL_MODULES,
                           lr=5e-5, steps=8, prompts_per_step=4, num_generations=4, max_turns=4, max_new_tokens=48,
                           max_completion_length=384, beta=0.0),
-        tiny=TinyStudentConfig(vocab_size=2000, hidden_size=128, num_layers=2, num_heads=4, initializer_range=0.1),
+        fitted=FittedStudentConfig(vocab_size=2000, hidden_size=128, num_layers=2, num_heads=4, initializer_range=0.1),
         baselines=("sft",), concurrency=4, timeout_s=120.0,
     ),
     # One SmolLM2 GRPO step of 1 prompt x 4 rollouts peaks near 16 GB on CPU (README, "Memory on CPU").
@@ -68,7 +68,7 @@ def main() -> None:
     test = [t for t in tasks(args.test, args.test, seed=1) if t.input not in seen][:args.test]
     teacher = inventory.ScriptedInventoryTeacher()
     db = Path(args.run_dir + f"-{args.student}") / "inventory.sqlite"
-    student = "tiny" if args.student == "tiny" else str(find_packaged_gguf("smollm2-135m-instruct"))
+    student = "fitted" if args.student == "tiny" else str(find_packaged_gguf("smollm2-135m-instruct"))
 
     cpu, wall = time.process_time(), time.perf_counter()
     result = distill(inventory.build_agent(teacher, db), train, eval_tasks=test, student=student,

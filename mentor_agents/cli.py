@@ -258,7 +258,10 @@ def add_train(subparsers: argparse._SubParsersAction) -> None:
                     "model card) for `mentor serve`.",
     )
     add_agent_arguments(p)
-    p.add_argument("--student", default="tiny", help="alias, hub id, model directory or GGUF file (default: tiny)")
+    p.add_argument("--student", default="tiny",
+                   help="alias, hub id, model directory, GGUF file, 'fitted' (a small random model with a tokenizer "
+                        "fitted to the run's traces, as distill(student='fitted') builds) or 'tiny' (the generic tiny "
+                        "test model; default)")
     p.add_argument("--method", default="mentor", choices=["sft", "sparse", "mentor", "sft+sparse", "sft+mentor"])
     p.add_argument("--reward", default="mentor", choices=["mentor", "sparse", "overlap", "no_match", "f1"],
                    help="GRPO reward (MENTOR or one of its ablations)")
@@ -278,7 +281,7 @@ def add_train(subparsers: argparse._SubParsersAction) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from mentor_agents.distill import DistilledStudent, RunState, adapter_for, train_method
+    from mentor_agents.distill import DistillConfig, DistilledStudent, RunState, adapter_for, base_student, train_method
     from mentor_agents.references import load_references
     from mentor_agents.training import TrainConfig
 
@@ -295,7 +298,8 @@ def run_train(args: argparse.Namespace) -> int:
         "save_steps": args.save_steps, "seed": args.seed, "report_to": args.report_to,
     }.items() if value is not None}
     adapter = adapter_for(load_agent(args.agent))
-    result = train_method(run, args.method, replace(TrainConfig(), **overrides), args.student, traces, references,
+    student = base_student(run, args.student, traces, DistillConfig(seed=args.seed))
+    result = train_method(run, args.method, replace(TrainConfig(), **overrides), student, traces, references,
                           adapter)
     student = DistilledStudent(model=result.model, tokenizer=result.tokenizer, base_model=result.base_model,
                                method=args.method, run_dir=run.run, adapter=adapter)
@@ -314,7 +318,8 @@ def add_eval(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("agent", nargs="?", help="as for `mentor record` (not needed with --bfcl)")
     p.add_argument("--run-dir", help="run directory")
-    p.add_argument("--student", default="tiny", help="the untrained student to compare against (default: tiny)")
+    p.add_argument("--student", default="tiny",
+                   help="the untrained student to compare against, as `mentor train --student` (default: tiny)")
     p.add_argument("--bfcl", metavar="MODEL_DIR", help="score this saved student or model directory on BFCL")
     p.add_argument("--categories", default="simple_python,multiple,parallel,parallel_multiple,irrelevance")
     p.add_argument("--n-per-category", type=int, default=20)
@@ -332,7 +337,7 @@ def run_eval(args: argparse.Namespace) -> int:
         return run_bfcl(args)
     if not args.agent or not args.run_dir:
         raise SystemExit("mentor eval: give AGENT and --run-dir (or --bfcl MODEL_DIR)")
-    from mentor_agents.distill import RunState, adapter_for, evaluate_models, read_metrics, write_report
+    from mentor_agents.distill import RunState, adapter_for, base_student, evaluate_models, read_metrics, write_report
     from mentor_agents.references import load_references
     from mentor_agents.student import load_student
     from mentor_agents.traces import TraceStore
@@ -342,17 +347,19 @@ def run_eval(args: argparse.Namespace) -> int:
     if "tasks" not in run.done:
         raise SystemExit(f"mentor eval: {run.run} has no tasks; run `mentor record` first")
     adapter = adapter_for(load_agent(args.agent))
+    traces = TraceStore(run.run / "traces.jsonl").read(skip_invalid=True)
+    config = distill_config(args)
+    untrained = base_student(run, args.student, traces, config)
     models = {"teacher": adapter.teacher_model(teacher_of(args)),
-              "untrained student": adapter.student_model(*load_student(args.student))}
+              "untrained student": adapter.student_model(*load_student(untrained))}
     trained = {key.split(":", 1)[1]: run.info(key) for key in run.done if key.startswith("train:")}
     for name, info in trained.items():
         models[name] = adapter.student_model(*load_trained(info["adapter_dir"], info["base_model"]))
-    config = distill_config(args)
     splits = run.load_tasks()
     results = evaluate_models(run, adapter, splits, models, config)
     training = {name: read_metrics(info["metrics"]) for name, info in trained.items()}
     method = list(trained)[-1] if trained else "untrained student"
-    report = write_report(run, args.student, method, TraceStore(run.run / "traces.jsonl").read(skip_invalid=True),
+    report = write_report(run, args.student, method, traces,
                           load_references(run.run / "references.jsonl"), splits, results, training, config)
     print(report)
     return 0

@@ -39,7 +39,7 @@ from mentor_agents.tasks import Task, is_custom, task_from_dict, task_to_dict
 from mentor_agents.traces import Trace, TraceStore
 
 if TYPE_CHECKING:  # torch and transformers load on first use, so that `import mentor_agents` stays light
-    from mentor_agents.from_scratch import TinyStudentConfig
+    from mentor_agents.from_scratch import FittedStudentConfig
     from mentor_agents.training import RolloutFn, TrainConfig, TrainResult
 
 
@@ -92,8 +92,8 @@ class DistillConfig:
     concurrency: int = 4
     timeout_s: float = 300.0
     seed: int = 0
-    tiny: TinyStudentConfig = field(default_factory=lambda: _tiny_config())
-    """Size of the ``student="tiny"`` model, built from scratch with a tokenizer fitted to the teacher traces."""
+    fitted: FittedStudentConfig = field(default_factory=lambda: _fitted_config())
+    """Size of the ``student="fitted"`` model, built from scratch with a tokenizer fitted to the teacher traces."""
 
 
 @dataclass
@@ -175,8 +175,9 @@ def distill(
         agent: a compiled LangGraph graph whose model is the teacher (unless ``teacher`` is given).
         tasks: training requests (`Task`s or plain strings). Without them, tasks come from ``traces``, else the
             teacher writes ``config.synthetic_tasks`` requests from the agent's tools and system prompt.
-        student: an alias (``phi-3-mini``, ``qwen2.5-0.5b-instruct``, ``tiny`` ...), a hub id, a local model
-            directory or a GGUF file.
+        student: an alias (``phi-3-mini``, ``qwen2.5-0.5b-instruct`` ...), a hub id, a local model directory,
+            a GGUF file, ``"fitted"`` (a small random model whose tokenizer is fitted to the teacher traces, built
+            into ``<run_dir>/student``: trains on a CPU) or ``"tiny"`` (the generic tiny random Qwen2 of the tests).
         teacher: a chat model, an `OpenAITeacher`, or None to use the agent's own model.
         traces: an existing trace store (e.g. recorded by ``mentor proxy``) to train from.
         method: ``mentor`` (or any reward ablation via ``config.train.reward``), ``sft``, ``sparse``,
@@ -195,10 +196,8 @@ def distill(
 
     splits = prepare_tasks(run, adapter, tasks, traces, eval_tasks, ood_tasks, teacher_model, config)
     teacher_traces, references = record_teacher(run, adapter, splits, teacher_model, config, traces)
-    student_label = _student().student_name(student)
-    if student == "tiny":
-        student_label = "tiny (random, tokenizer fitted to the teacher traces)"
-        student = str(fitted_student(run.run / "student", teacher_traces, config))
+    student_label = FITTED_LABEL if student == FITTED else _student().student_name(student)
+    student = base_student(run, student, teacher_traces, config)
 
     results: dict[str, TrainResult] = {}
     for name in dict.fromkeys([*config.baselines, method]):
@@ -306,8 +305,19 @@ def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return [json.loads(line) for line in file.read_text().splitlines() if line.strip()] if file.exists() else []
 
 
+FITTED = "fitted"
+"""The student name that `distill`, ``mentor train`` and ``mentor eval`` build for the run (`fitted_student`)."""
+FITTED_LABEL = "fitted (random, tokenizer fitted to the teacher traces)"
+
+
+def base_student(run: RunState, student: str, traces: list[Trace], config: DistillConfig) -> str:
+    """What to load for ``student``: for ``"fitted"`` the run's fitted student (built once from the teacher traces
+    into ``<run_dir>/student``), else ``student`` as given."""
+    return str(fitted_student(run.run / "student", traces, config)) if student == FITTED else student
+
+
 def fitted_student(out: Path, traces: list[Trace], config: DistillConfig) -> Path:
-    """The ``tiny`` student of this run: a random model whose tokenizer is fitted to the teacher's conversations
+    """The ``fitted`` student of this run: a random model whose tokenizer is fitted to the teacher's conversations
     (`mentor_agents.from_scratch.make_fitted_student`), built once into ``out``."""
     from mentor_agents.from_scratch import make_fitted_student
     from mentor_agents.student import build_atomically
@@ -316,7 +326,7 @@ def fitted_student(out: Path, traces: list[Trace], config: DistillConfig) -> Pat
     if not (out / "config.json").is_file():
         conversations = [(conversation(t), t.tools) for t in traces if t.error is None]
         build_atomically(out, lambda tmp: make_fitted_student(tmp, conversations, seed=config.seed,
-                                                              config=config.tiny))
+                                                              config=config.fitted))
     return out
 
 
@@ -559,10 +569,10 @@ def _training():
     return mentor_agents.training
 
 
-def _tiny_config() -> TinyStudentConfig:
-    from mentor_agents.from_scratch import TinyStudentConfig
+def _fitted_config() -> FittedStudentConfig:
+    from mentor_agents.from_scratch import FittedStudentConfig
 
-    return TinyStudentConfig()
+    return FittedStudentConfig()
 
 
 def _student():

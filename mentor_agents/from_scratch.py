@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
@@ -78,30 +79,60 @@ def _synthetic_dialogues(rng: random.Random) -> list[list[dict]]:
     return dialogues
 
 
-def _train_tokenizer() -> PreTrainedTokenizerFast:
-    def wrap(backend: Tokenizer) -> PreTrainedTokenizerFast:
-        tok = PreTrainedTokenizerFast(
-            tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-            bos_token=None, unk_token=None, padding_side="left", model_max_length=8192,
-        )
-        tok.chat_template = QWEN2_5_TEMPLATE
-        return tok
+def train_chat_tokenizer(render: Callable[[PreTrainedTokenizerFast], list[str]], split: str,
+                         vocab_size: int) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer with the ChatML tools template (TRL's ``qwen2_5.jinja``), trained on the texts
+    ``render`` makes with an untrained one: rendered through the real chat template, the merges fit the text the
+    model will see. ``split`` is the regex that cuts text into pieces that never merge across."""
 
-    # transformers 5 rebuilds the tokenizer of a ``qwen2`` model directory as ``Qwen2Tokenizer`` with Qwen2's own
-    # normalizer and pre-tokenizer, so train with exactly those to keep save/load token-exact. Qwen2's split regex
-    # already puts every digit in its own piece, which makes copying numbers easy for a tiny model.
     def backend() -> Tokenizer:
         bpe = Tokenizer(models.BPE())
         bpe.normalizer = normalizers.NFC()
         bpe.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(QWEN2_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.Split(Regex(split), behavior="isolated", invert=False),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ])
         bpe.decoder = decoders.ByteLevel()
         return bpe
 
-    # Render the corpus through the real chat template so that the merges fit the text the model will see.
-    renderer = wrap(backend())
+    def wrap(bpe: Tokenizer) -> PreTrainedTokenizerFast:
+        tok = PreTrainedTokenizerFast(
+            tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+            bos_token=None, unk_token=None, padding_side="left", model_max_length=8192,
+        )
+        tok.chat_template = QWEN2_5_TEMPLATE
+        return tok
+
+    texts = render(wrap(backend()))
+    bpe = backend()
+    bpe.train_from_iterator(texts, trainer=trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    ))
+    return wrap(bpe)
+
+
+def save_random_model(out_dir: str | Path, model_class: type, config: Any, tokenizer: PreTrainedTokenizerFast,
+                      seed: int) -> Path:
+    """A ``model_class(config)`` initialised from ``seed``, sampling by default, saved with ``tokenizer``."""
+    import torch
+
+    torch.manual_seed(seed)
+    model = model_class(config)
+    model.generation_config = GenerationConfig(
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=True,
+        temperature=1.0, top_p=1.0, max_new_tokens=64,
+    )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def _synthetic_texts(renderer: PreTrainedTokenizerFast) -> list[str]:
+    """The fixed corpus of `make_tiny_student`'s tokenizer: calculator dialogues rendered by ``renderer``, numbers,
+    and a JSON call."""
     rng = random.Random(CORPUS_SEED)
     tools = [_tool_schema(name, desc) for name, (_, desc, _) in sorted(_OPS.items())]
     texts = []
@@ -109,14 +140,7 @@ def _train_tokenizer() -> PreTrainedTokenizerFast:
         texts.append(renderer.apply_chat_template(messages, tools=tools if i % 3 else None, tokenize=False))
     texts += [" ".join(str(rng.randint(0, 10**6)) for _ in range(20)) for _ in range(20)]
     texts.append(json.dumps({"name": "lookup", "arguments": {"query": "text", "n": 3.5, "flag": True}}))
-
-    tokenizer = backend()
-    trainer = trainers.BpeTrainer(
-        vocab_size=TINY_VOCAB, special_tokens=SPECIAL_TOKENS, show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tokenizer.train_from_iterator(texts, trainer=trainer)
-    return wrap(tokenizer)
+    return texts
 
 
 def make_tiny_student(out_dir: str | Path, seed: int = 0) -> Path:
@@ -125,30 +149,21 @@ def make_tiny_student(out_dir: str | Path, seed: int = 0) -> Path:
     Offline and deterministic given ``seed``; takes about a second. The directory loads with
     ``AutoModelForCausalLM.from_pretrained`` / ``AutoTokenizer.from_pretrained`` and with `load_student`.
     """
-    import torch
-
-    out = Path(out_dir)
-    tokenizer = _train_tokenizer()
+    # transformers 5 rebuilds the tokenizer of a ``qwen2`` model directory as ``Qwen2Tokenizer`` with Qwen2's own
+    # normalizer and pre-tokenizer, so train with exactly those to keep save/load token-exact. Qwen2's split regex
+    # already puts every digit in its own piece, which makes copying numbers easy for a tiny model.
+    tokenizer = train_chat_tokenizer(_synthetic_texts, QWEN2_PRETOKENIZE_REGEX, TINY_VOCAB)
     config = Qwen2Config(
         vocab_size=len(tokenizer), hidden_size=128, intermediate_size=512, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=8192, tie_word_embeddings=True,
         bos_token_id=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
-    torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(config)
-    model.generation_config = GenerationConfig(
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=True,
-        temperature=1.0, top_p=1.0, max_new_tokens=64,
-    )
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return save_random_model(out_dir, Qwen2ForCausalLM, config, tokenizer, seed)
 
 
 @dataclass
-class TinyStudentConfig:
-    """Size of a tiny student built from scratch for one agent by `make_fitted_student`."""
+class FittedStudentConfig:
+    """Size of the fitted student: built from scratch for one agent by `make_fitted_student`."""
 
     vocab_size: int = 4000
     hidden_size: int = 128
@@ -165,8 +180,9 @@ FITTED_SPLIT = r"\p{N}|\n+"
 
 
 def make_fitted_student(out_dir: str | Path, conversations: Sequence[tuple[list[dict], list[dict] | None]],
-                        seed: int = 0, config: TinyStudentConfig | None = None) -> Path:
-    """Build a tiny random student whose tokenizer is fitted to one agent's own conversations, into ``out_dir``.
+                        seed: int = 0, config: FittedStudentConfig | None = None) -> Path:
+    """Build the fitted student: a tiny random model whose tokenizer is fitted to one agent's own conversations,
+    into ``out_dir``.
 
     ``conversations`` are ``(messages, tools)`` pairs (OpenAI-format messages, e.g. teacher traces), rendered
     through the ChatML tools template to train a byte-level BPE. With the calculator agent a whole conversation
@@ -177,40 +193,17 @@ def make_fitted_student(out_dir: str | Path, conversations: Sequence[tuple[list[
     directory with Qwen2's own pre-tokenizer, which would undo the fitted one. Train it with LoRA adapters that keep
     the other modules trained in full (``lora_modules_to_save``), since nothing in it is pretrained.
     """
-    import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     if not conversations:
         raise ValueError("make_fitted_student needs at least one (messages, tools) conversation to fit the tokenizer")
-    config = config or TinyStudentConfig()
+    config = config or FittedStudentConfig()
 
-    def backend() -> Tokenizer:
-        bpe = Tokenizer(models.BPE())
-        bpe.normalizer = normalizers.NFC()
-        bpe.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(FITTED_SPLIT), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ])
-        bpe.decoder = decoders.ByteLevel()
-        return bpe
+    def render(renderer: PreTrainedTokenizerFast) -> list[str]:
+        return [renderer.apply_chat_template(messages, tools=tools or None, tokenize=False)
+                for messages, tools in conversations]
 
-    def wrap(bpe: Tokenizer) -> PreTrainedTokenizerFast:
-        tok = PreTrainedTokenizerFast(
-            tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-            bos_token=None, unk_token=None, padding_side="left", model_max_length=8192,
-        )
-        tok.chat_template = QWEN2_5_TEMPLATE
-        return tok
-
-    renderer = wrap(backend())
-    texts = [renderer.apply_chat_template(messages, tools=tools or None, tokenize=False)
-             for messages, tools in conversations]
-    bpe = backend()
-    bpe.train_from_iterator(texts, trainer=trainers.BpeTrainer(
-        vocab_size=config.vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    ))
-    tokenizer = wrap(bpe)
+    tokenizer = train_chat_tokenizer(render, FITTED_SPLIT, config.vocab_size)
     model_config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=config.hidden_size, intermediate_size=4 * config.hidden_size,
         num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,
@@ -218,17 +211,7 @@ def make_fitted_student(out_dir: str | Path, conversations: Sequence[tuple[list[
         tie_word_embeddings=False, initializer_range=config.initializer_range, bos_token_id=None,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(model_config)
-    model.generation_config = GenerationConfig(
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=True,
-        temperature=1.0, top_p=1.0, max_new_tokens=64,
-    )
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return save_random_model(out_dir, LlamaForCausalLM, model_config, tokenizer, seed)
 
 
 FITTED_FULL_MODULES = ["embed_tokens", "lm_head", "q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "down_proj"]

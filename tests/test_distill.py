@@ -34,7 +34,7 @@ def test_distill_every_stage_resume_and_swap(tmp_path, teacher_url):
     agent = build_agent(ScriptedCalculatorTeacher())
     teacher = OpenAITeacher(base_url=teacher_url, model="scripted-teacher", api_key="test-key")
     run_dir = tmp_path / "run"
-    kwargs = dict(student="tiny", teacher=teacher, method="mentor", eval_tasks=make_tasks(3, "test"),
+    kwargs = dict(student="fitted", teacher=teacher, method="mentor", eval_tasks=make_tasks(3, "test"),
                   ood_tasks=make_tasks(2, "ood"), config=TINY, run_dir=run_dir)
     student = distill(agent, make_tasks(8, "train"), **kwargs)
 
@@ -79,7 +79,7 @@ def test_distill_every_stage_resume_and_swap(tmp_path, teacher_url):
 def test_distill_with_no_tasks_synthesizes_them(tmp_path):
     agent = build_agent(ScriptedCalculatorTeacher())
     config = replace(TINY, synthetic_tasks=10, consistency_samples=2, baselines=())
-    distill(agent, student="tiny", method="sft", config=config, run_dir=tmp_path / "run")
+    distill(agent, student="fitted", method="sft", config=config, run_dir=tmp_path / "run")
     tasks = json.loads((tmp_path / "run" / "tasks.json").read_text())
     assert len(tasks["train"]) + len(tasks["test"]) == 10 and len(tasks["test"]) == 2
     assert all(t["metadata"]["synthesized"] and t["verifier"] is None for t in tasks["train"])

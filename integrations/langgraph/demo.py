@@ -7,7 +7,7 @@ student = run_demo("runs/demo")          # scripted teacher, no network, no API 
 print(student.report)
 ```
 
-The student is ``"tiny"``: a small random Llama whose tokenizer `distill` fits to the teacher's own conversations
+The student is ``"fitted"``: a small random Llama whose tokenizer `distill` fits to the teacher's own conversations
 (`mentor_agents.from_scratch.make_fitted_student`). It is trained by SFT on the teacher traces, then by MENTOR GRPO
 (``sft+mentor``), and compared with the teacher, the untrained student and SFT alone on held-out in-domain
 (``test``) and out-of-domain (``ood``) calculator problems.
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from mentor_agents.distill import DistillConfig, DistilledStudent, distill
 from mentor_agents.integrations.langgraph.calculator import ScriptedCalculatorTeacher, build_agent, make_tasks
-from mentor_agents.from_scratch import FITTED_FULL_MODULES, TinyStudentConfig
+from mentor_agents.from_scratch import FITTED_FULL_MODULES, FittedStudentConfig
 from mentor_agents.training import TrainConfig
 
 TRAIN_TASKS, TEST_TASKS, OOD_TASKS = 1000, 30, 14
@@ -37,7 +37,7 @@ DEMO_CONFIG = DistillConfig(
         lr=5e-5, steps=20, prompts_per_step=4, num_generations=8, max_turns=4, max_new_tokens=48,
         max_completion_length=256, beta=0.0, logging_steps=1,
     ),
-    tiny=TinyStudentConfig(vocab_size=4000, hidden_size=256, num_layers=4, num_heads=8, initializer_range=0.1),
+    fitted=FittedStudentConfig(vocab_size=4000, hidden_size=256, num_layers=4, num_heads=8, initializer_range=0.1),
     baselines=("sft",),
     concurrency=4,
 )
@@ -47,7 +47,7 @@ QUICK_CONFIG = replace(
     DEMO_CONFIG,
     train=replace(DEMO_CONFIG.train, sft_steps=10, sft_batch_size=8, steps=2, prompts_per_step=2, num_generations=2,
                   max_new_tokens=24, max_completion_length=96),
-    tiny=replace(DEMO_CONFIG.tiny, hidden_size=32, num_layers=2, num_heads=4, vocab_size=1000),
+    fitted=replace(DEMO_CONFIG.fitted, hidden_size=32, num_layers=2, num_heads=4, vocab_size=1000),
 )
 """A CI-sized run of every stage; too short to learn anything."""
 
@@ -80,7 +80,7 @@ def run_demo(run_dir: str | os.PathLike[str] = "runs/demo", teacher_base_url: st
                   f"{n_train} training problems, {n_test} held-out, {n_ood} out-of-domain; run dir {run_dir}")
     start = time.perf_counter()
     student = distill(
-        agent, make_tasks(n_train, "train", seed=seed), student="tiny", method="sft+mentor",
+        agent, make_tasks(n_train, "train", seed=seed), student="fitted", method="sft+mentor",
         eval_tasks=test_tasks, ood_tasks=make_tasks(n_ood, "ood", seed=seed), config=config, run_dir=run_dir,
     )
     seconds = time.perf_counter() - start
