@@ -117,7 +117,6 @@ def load_student(
     peft; its tokenizer is used when the adapter directory has one. The tokenizer is made ready for tool calls with
     `prepare_tokenizer`.
     """
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     adapter_dir = Path(adapter).expanduser() if adapter is not None else None
@@ -129,17 +128,49 @@ def load_student(
         adapter_dir = as_dir
         name = json.loads((as_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
     if adapter_dir is not None:
-        from peft import PeftModel
+        return load_with_adapter(name, adapter_dir, device=device, dtype=dtype, cache_dir=cache_dir)
 
-        if not (adapter_dir / "adapter_config.json").is_file():
-            raise StudentLoadError(f"adapter directory {str(adapter_dir)!r} has no adapter_config.json")
-        model, tokenizer = load_student(name, device=device, dtype=dtype, cache_dir=cache_dir)
-        if (adapter_dir / "tokenizer_config.json").is_file():
-            tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
-            if tokenizer.pad_token is None:
-                tokenizer.pad_token = tokenizer.eos_token
-            prepare_tokenizer(tokenizer)
-        return PeftModel.from_pretrained(model, str(adapter_dir)), tokenizer
+    device, dtype = placement(device, dtype)
+    text = str(name)
+    source = model_source(text, cache_dir)
+    if source is not None:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+    else:
+        hub_id = resolve_student(text)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(hub_id)
+            model = AutoModelForCausalLM.from_pretrained(hub_id, dtype=dtype)
+        except OSError as e:
+            raise StudentLoadError(hub_error_message(text, hub_id, e)) from e
+    return model.to(device), ready_tokenizer(tokenizer)
+
+
+def load_with_adapter(name: str | Path, adapter_dir: Path, **settings: Any) -> tuple[Any, Any]:
+    """The base student ``name`` with the LoRA adapter in ``adapter_dir`` on top (peft), and the adapter's own
+    tokenizer when it has one."""
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise StudentLoadError(f"adapter directory {str(adapter_dir)!r} has no adapter_config.json")
+    model, tokenizer = load_student(name, **settings)
+    if (adapter_dir / "tokenizer_config.json").is_file():
+        tokenizer = ready_tokenizer(AutoTokenizer.from_pretrained(adapter_dir))
+    return PeftModel.from_pretrained(model, str(adapter_dir)), tokenizer
+
+
+def ready_tokenizer(tokenizer: Any) -> Any:
+    """``tokenizer`` with a pad token (its eos token when it has none) and ready for tool calls (`prepare_tokenizer`)."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return prepare_tokenizer(tokenizer)
+
+
+def placement(device: str | None, dtype: Any) -> tuple[str, Any]:
+    """The device (CUDA when present, else CPU) and dtype (bf16 on CUDA where supported, else fp32; a name such as
+    ``"float16"`` is looked up in torch) to load a student with."""
+    import torch
 
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -148,40 +179,31 @@ def load_student(
         dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
     elif isinstance(dtype, str):
         dtype = getattr(torch, dtype)
+    return device, dtype
 
-    text = str(name)
-    if text.lower() == "tiny":
+
+def model_source(name: str, cache_dir: str | Path | None = None) -> Path | None:
+    """The local model directory for ``name`` (``"tiny"``, a ``.gguf`` file converted once, or a directory), or None
+    for a hub id; `StudentLoadError` for a path that is not there or a name that is none of these."""
+    if name.lower() == "tiny":
         source = tiny_student_dir(cache_dir)
-    elif text.lower().endswith(".gguf"):
-        source = convert_gguf(text, cache_dir=cache_dir)
-    elif Path(text).expanduser().is_dir():
-        source = Path(text).expanduser()
-    elif text.startswith((".", "/", "~")) or text.count("/") > 1:
-        raise StudentLoadError(f"student {text!r}: no such directory or .gguf file")
+    elif name.lower().endswith(".gguf"):
+        source = convert_gguf(name, cache_dir=cache_dir)
+    elif Path(name).expanduser().is_dir():
+        source = Path(name).expanduser()
+    elif name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise StudentLoadError(f"student {name!r}: no such directory or .gguf file")
+    elif "/" not in resolve_student(name):
+        raise StudentLoadError(
+            f"unknown student {name!r}: not an alias ({', '.join(sorted(ALIASES))}, tiny), not a hub id "
+            "('owner/name'), not a local directory and not a .gguf file (the `fitted` student is built by "
+            "distill(student='fitted') and `mentor train --student fitted` from a run's traces)"
+        )
     else:
-        source = None
-
-    if source is not None:
-        if not (source / "config.json").is_file():
-            raise StudentLoadError(f"student directory {str(source)!r} has no config.json (not a saved model)")
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
-    else:
-        hub_id = resolve_student(text)
-        if "/" not in hub_id:
-            raise StudentLoadError(
-                f"unknown student {text!r}: not an alias ({', '.join(sorted(ALIASES))}, tiny), not a hub id "
-                "('owner/name'), not a local directory and not a .gguf file"
-            )
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(hub_id)
-            model = AutoModelForCausalLM.from_pretrained(hub_id, dtype=dtype)
-        except OSError as e:
-            raise StudentLoadError(hub_error_message(text, hub_id, e)) from e
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    prepare_tokenizer(tokenizer)
-    return model.to(device), tokenizer
+        return None
+    if not (source / "config.json").is_file():
+        raise StudentLoadError(f"student directory {str(source)!r} has no config.json (not a saved model)")
+    return source
 
 
 def hub_error_message(name: str, hub_id: str, error: BaseException) -> str:

@@ -58,64 +58,74 @@ def parse_tool_calls(text: str, allowed: Iterable[str] | None = None, lenient: b
     When ``allowed`` is given, a call to any other name is reported as invalid rather than returned; in lenient mode
     a bare object naming an unknown tool is left in the content as ordinary text.
     """
-    allowed_names = set(allowed) if allowed is not None else None
-    calls: list[ParsedCall] = []
-    invalid: list[InvalidCall] = []
-    spans: list[tuple[int, int]] = []
-
-    def accept(payload: Any, raw: str, explicit: bool) -> bool:
-        items = payload if isinstance(payload, list) else [payload]
-        found: list[ParsedCall] = []
-        for item in items:
-            call = as_call(item)
-            if isinstance(call, str):
-                if explicit:
-                    invalid.append(InvalidCall(raw.strip(), call))
-                    continue
-                return False
-            if allowed_names is not None and call.name not in allowed_names:
-                if explicit:
-                    invalid.append(InvalidCall(raw.strip(), f"unknown tool {call.name!r}", call.name))
-                    continue
-                return False
-            found.append(call)
-        calls.extend(found)
-        return True
-
-    for pattern in (HERMES_BLOCK, PHI_BLOCK):
-        for m in pattern.finditer(text):
-            spans.append(m.span())
-            body = m.group(1).strip()
-            payload, error = load_json(body)
-            if error:
-                invalid.append(InvalidCall(body, error))
-            else:
-                accept(payload, body, explicit=True)
-
-    for m in re.finditer(r"functools\s*(\[)", text):
-        payload, end = decode_at(text, m.start(1))
-        if payload is None:
-            invalid.append(InvalidCall(text[m.start():], "functools[...] is not a valid JSON list"))
-            spans.append((m.start(), len(text)))
-        else:
-            spans.append((m.start(), end))
-            accept(payload, text[m.start(1):end], explicit=True)
-
-    if lenient and not spans:
-        for m in FENCED_BLOCK.finditer(text):
-            payload, error = load_json(m.group(1).strip())
-            if not error and accept(payload, m.group(1), explicit=False):
-                spans.append(m.span())
-        if not spans:
-            for start, end, payload in bare_json_values(text):
-                if accept(payload, text[start:end], explicit=False):
-                    spans.append((start, end))
-
+    found = Found(set(allowed) if allowed is not None else None)
+    found.explicit_markup(text)
+    if lenient and not found.spans:
+        found.bare_json(text)
     content = text
-    for start, end in sorted(spans, reverse=True):
+    for start, end in sorted(found.spans, reverse=True):
         content = content[:start] + content[end:]
     content = content.replace("<|python_tag|>", "").strip()
-    return ParsedMessage(content=content, calls=calls, invalid=invalid)
+    return ParsedMessage(content=content, calls=found.calls, invalid=found.invalid)
+
+
+@dataclass
+class Found:
+    """What `parse_tool_calls` found in one text: calls, invalid calls, and the spans of text they took."""
+
+    allowed: set[str] | None
+    calls: list[ParsedCall] = field(default_factory=list)
+    invalid: list[InvalidCall] = field(default_factory=list)
+    spans: list[tuple[int, int]] = field(default_factory=list)
+
+    def accept(self, payload: Any, raw: str, explicit: bool) -> bool:
+        """Take the calls in ``payload`` (one or a list). Inside explicit markup a bad call is recorded as invalid;
+        outside it, any bad call means the JSON was not meant as calls, and nothing is taken (False)."""
+        found: list[ParsedCall] = []
+        for item in payload if isinstance(payload, list) else [payload]:
+            call = as_call(item)
+            if isinstance(call, str) or (self.allowed is not None and call.name not in self.allowed):
+                if not explicit:
+                    return False
+                if isinstance(call, str):
+                    self.invalid.append(InvalidCall(raw.strip(), call))
+                else:
+                    self.invalid.append(InvalidCall(raw.strip(), f"unknown tool {call.name!r}", call.name))
+                continue
+            found.append(call)
+        self.calls.extend(found)
+        return True
+
+    def explicit_markup(self, text: str) -> None:
+        """``<tool_call>``, ``<|tool_call|>`` and ``functools[...]`` blocks."""
+        for pattern in (HERMES_BLOCK, PHI_BLOCK):
+            for m in pattern.finditer(text):
+                self.spans.append(m.span())
+                body = m.group(1).strip()
+                payload, error = load_json(body)
+                if error:
+                    self.invalid.append(InvalidCall(body, error))
+                else:
+                    self.accept(payload, body, explicit=True)
+        for m in re.finditer(r"functools\s*(\[)", text):
+            payload, end = decode_at(text, m.start(1))
+            if payload is None:
+                self.invalid.append(InvalidCall(text[m.start():], "functools[...] is not a valid JSON list"))
+                self.spans.append((m.start(), len(text)))
+            else:
+                self.spans.append((m.start(), end))
+                self.accept(payload, text[m.start(1):end], explicit=True)
+
+    def bare_json(self, text: str) -> None:
+        """Fenced JSON blocks, else bare JSON values, shaped like calls."""
+        for m in FENCED_BLOCK.finditer(text):
+            payload, error = load_json(m.group(1).strip())
+            if not error and self.accept(payload, m.group(1), explicit=False):
+                self.spans.append(m.span())
+        if not self.spans:
+            for start, end, payload in bare_json_values(text):
+                if self.accept(payload, text[start:end], explicit=False):
+                    self.spans.append((start, end))
 
 
 def as_call(item: Any) -> ParsedCall | str:

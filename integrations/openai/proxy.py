@@ -273,50 +273,27 @@ def create_proxy_app(upstream: str, store: TraceStore | str | os.PathLike[str], 
     loopback), and only ``upstream_api_key``, if any, goes upstream. A store that cannot be written is a
     `ValueError` here.
     """
-    upstream = upstream.rstrip("/")
-    shown = without_userinfo(upstream)
-    parts = urllib.parse.urlsplit(upstream)
     store = store if isinstance(store, TraceStore) else TraceStore(store)
     if partial_store is not None and not isinstance(partial_store, TraceStore):
         partial_store = TraceStore(partial_store)
     for writable in filter(None, (store, partial_store)):
         check_writable(writable)
-    recorder = Recorder(store, shown, partial_store)
-    lock = asyncio.Lock()
-    client = httpx.AsyncClient(timeout=timeout_s)
+    proxy = Proxy(upstream.rstrip("/"), store, partial_store, lenient=lenient, upstream_api_key=upstream_api_key,
+                  api_key=api_key, timeout_s=timeout_s, max_body_bytes=max_body_bytes)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
-        await client.aclose()
+        await proxy.client.aclose()
 
-    app = FastAPI(title=f"mentor_agents recording proxy -> {shown}", lifespan=lifespan)
+    app = FastAPI(title=f"mentor_agents recording proxy -> {proxy.shown}", lifespan=lifespan)
     app.state.requires_api_key = api_key is not None
     app.state.recording_failures = 0
+    proxy.state = app.state
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError) -> JSONResponse:
         return exc.response()
-
-    def headers(request: Request) -> dict[str, str]:
-        if upstream_api_key is not None:
-            return {"Authorization": f"Bearer {upstream_api_key}"}
-        auth = request.headers.get("authorization")
-        return {"Authorization": auth} if auth and api_key is None else {}
-
-    def secrets(request: Request) -> list[str]:
-        return credentials(request.headers.get("authorization"), upstream_api_key, api_key,
-                           urllib.parse.unquote(parts.password or "") or None, parts.password)
-
-    async def record(request: Request, body: dict[str, Any], answer: dict[str, Any] | None, **fields: Any) -> None:
-        """Record one turn; a failure is logged and counted, never passed on to the client."""
-        try:
-            async with lock:
-                recorder.record(body, answer, secrets=secrets(request), **fields)
-        except Exception:
-            app.state.recording_failures += 1
-            logger.exception("could not record a conversation turn of task %r (%d recording failure(s) so far)",
-                             body.get("model"), app.state.recording_failures)
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -324,72 +301,128 @@ def create_proxy_app(upstream: str, store: TraceStore | str | os.PathLike[str], 
 
     @app.get("/v1/models")
     async def models(request: Request) -> Response:
-        check_api_key(request, api_key)
-        try:
-            reply = await client.get(f"{upstream}/models", headers=headers(request))
-        except httpx.HTTPError as e:
-            return error_response(502, redact(f"upstream {shown} unreachable: {type(e).__name__}: {e}",
-                                              secrets(request)), type="upstream_error", code="upstream_unreachable")
-        return Response(reply.content, status_code=reply.status_code,
-                        media_type=reply.headers.get("content-type", "application/json"))
+        return await proxy.models(request)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
-        check_api_key(request, api_key)
-        body = await read_json_body(request, max_body_bytes)
-        if body.get("stream"):
-            raise APIError(400, "the recording proxy does not support stream=true; send stream=false",
-                           param="stream", code="stream_unsupported")
-        if not isinstance(body.get("messages"), list) or not all(isinstance(m, dict) for m in body["messages"]):
-            raise APIError(400, "'messages' must be a list of message objects", param="messages")
-        tools = body.get("tools")
-        if tools is not None and not (isinstance(tools, list) and all(
-                isinstance(t, dict) and isinstance(t.get("function"), dict)
-                and isinstance(t["function"].get("name"), str) for t in tools)):
-            raise APIError(400, "'tools' must be a list of {'type': 'function', 'function': {...}}", param="tools")
-        recorded = bool(tools)
+        return await proxy.chat_completions(request)
+
+    return app
+
+
+class Proxy:
+    """The routes of `create_proxy_app`: forward a request upstream, pass the answer back, record the turn."""
+
+    def __init__(self, upstream: str, store: TraceStore, partial_store: TraceStore | None, *, lenient: bool,
+                 upstream_api_key: str | None, api_key: str | None, timeout_s: float, max_body_bytes: int):
+        self.upstream, self.shown = upstream, without_userinfo(upstream)
+        self.password = urllib.parse.urlsplit(upstream).password
+        self.lenient, self.upstream_api_key, self.api_key = lenient, upstream_api_key, api_key
+        self.max_body_bytes = max_body_bytes
+        self.recorder = Recorder(store, self.shown, partial_store)
+        self.lock = asyncio.Lock()
+        self.client = httpx.AsyncClient(timeout=timeout_s)
+        self.state: Any = None
+        """The app's state, where recording failures are counted."""
+
+    def headers(self, request: Request) -> dict[str, str]:
+        if self.upstream_api_key is not None:
+            return {"Authorization": f"Bearer {self.upstream_api_key}"}
+        auth = request.headers.get("authorization")
+        return {"Authorization": auth} if auth and self.api_key is None else {}
+
+    def secrets(self, request: Request) -> list[str]:
+        return credentials(request.headers.get("authorization"), self.upstream_api_key, self.api_key,
+                           urllib.parse.unquote(self.password or "") or None, self.password)
+
+    async def record(self, request: Request, body: dict[str, Any], answer: dict[str, Any] | None,
+                     **fields: Any) -> None:
+        """Record one turn; a failure is logged and counted, never passed on to the client."""
+        try:
+            async with self.lock:
+                self.recorder.record(body, answer, secrets=self.secrets(request), **fields)
+        except Exception:
+            self.state.recording_failures += 1
+            logger.exception("could not record a conversation turn of task %r (%d recording failure(s) so far)",
+                             body.get("model"), self.state.recording_failures)
+
+    async def models(self, request: Request) -> Response:
+        check_api_key(request, self.api_key)
+        try:
+            reply = await self.client.get(f"{self.upstream}/models", headers=self.headers(request))
+        except httpx.HTTPError as e:
+            return error_response(502, redact(f"upstream {self.shown} unreachable: {type(e).__name__}: {e}",
+                                              self.secrets(request)), type="upstream_error",
+                                  code="upstream_unreachable")
+        return Response(reply.content, status_code=reply.status_code,
+                        media_type=reply.headers.get("content-type", "application/json"))
+
+    async def chat_completions(self, request: Request) -> Response:
+        check_api_key(request, self.api_key)
+        body = await read_json_body(request, self.max_body_bytes)
+        recorded = check_request(body)
         started_at, start = time.time(), time.perf_counter()
         try:
-            reply = await client.post(f"{upstream}/chat/completions", json=body, headers=headers(request))
+            reply = await self.client.post(f"{self.upstream}/chat/completions", json=body,
+                                           headers=self.headers(request))
         except httpx.HTTPError as e:
             status = 504 if isinstance(e, httpx.TimeoutException) else 502
-            message = redact(f"upstream {shown} failed: {type(e).__name__}: {e}", secrets(request))
+            message = redact(f"upstream {self.shown} failed: {type(e).__name__}: {e}", self.secrets(request))
             if recorded:
-                await record(request, body, None, parsed_ids=[], latency_s=time.perf_counter() - start,
-                             usage=Usage(), model=body.get("model"), error=message, started_at=started_at)
+                await self.record(request, body, None, parsed_ids=[], latency_s=time.perf_counter() - start,
+                                  usage=Usage(), model=body.get("model"), error=message, started_at=started_at)
             return error_response(status, message, type="upstream_error", code="upstream_unreachable")
         latency_s = time.perf_counter() - start
         try:
             data = reply.json()
         except ValueError:
             data = None
-        ok = reply.is_success and isinstance(data, dict) and isinstance(data.get("choices"), list) \
-            and bool(data["choices"])
-        if not ok:
-            if recorded:
-                # Auth failures can echo (part of) the key: keep only the status for them.
-                detail = "authentication failed" if reply.status_code in (401, 403) else reply.text[:1000]
-                await record(request, body, None, parsed_ids=[], latency_s=latency_s, usage=Usage(),
-                             model=body.get("model"), started_at=started_at,
-                             error=f"upstream HTTP {reply.status_code}: {detail}")
-            if reply.is_success:
-                return error_response(502, redact(f"upstream returned no choices: {reply.text[:500]}",
-                                                  secrets(request)),
-                                      type="upstream_error", code="bad_upstream_response")
-            return Response(reply.content, status_code=reply.status_code,
-                            media_type=reply.headers.get("content-type", "application/json"))
+        if not (reply.is_success and isinstance(data, dict) and isinstance(data.get("choices"), list)
+                and bool(data["choices"])):
+            return await self.refused(request, body, reply, recorded, latency_s, started_at)
         choice = data["choices"][0]
         answer = choice.get("message") if isinstance(choice, dict) else None
         parsed_ids: list[str] = []
-        if lenient and isinstance(answer, dict) and isinstance(answer.get("content"), (str, type(None))):
-            parsed_ids = promote_text_calls(answer, tool_names(tools))
+        if self.lenient and isinstance(answer, dict) and isinstance(answer.get("content"), (str, type(None))):
+            parsed_ids = promote_text_calls(answer, tool_names(body.get("tools")))
             if parsed_ids:
                 choice["finish_reason"] = "tool_calls"
         if recorded:
             error = None if isinstance(answer, dict) else f"upstream answer has no message: {reply.text[:1000]}"
-            await record(request, body, answer if error is None else None, parsed_ids=parsed_ids,
-                         latency_s=latency_s, usage=usage_of(data), model=data.get("model") or body.get("model"),
-                         error=error, started_at=started_at)
+            await self.record(request, body, answer if error is None else None, parsed_ids=parsed_ids,
+                              latency_s=latency_s, usage=usage_of(data),
+                              model=data.get("model") or body.get("model"), error=error, started_at=started_at)
         return JSONResponse(data, status_code=reply.status_code)
 
-    return app
+    async def refused(self, request: Request, body: dict[str, Any], reply: httpx.Response, recorded: bool,
+                      latency_s: float, started_at: float) -> Response:
+        """An upstream error, or a success without choices: recorded as a failed turn, passed back to the client
+        (a 502 for a success without choices)."""
+        if recorded:
+            # Auth failures can echo (part of) the key: keep only the status for them.
+            detail = "authentication failed" if reply.status_code in (401, 403) else reply.text[:1000]
+            await self.record(request, body, None, parsed_ids=[], latency_s=latency_s, usage=Usage(),
+                              model=body.get("model"), started_at=started_at,
+                              error=f"upstream HTTP {reply.status_code}: {detail}")
+        if reply.is_success:
+            return error_response(502, redact(f"upstream returned no choices: {reply.text[:500]}",
+                                              self.secrets(request)),
+                                  type="upstream_error", code="bad_upstream_response")
+        return Response(reply.content, status_code=reply.status_code,
+                        media_type=reply.headers.get("content-type", "application/json"))
+
+
+def check_request(body: dict[str, Any]) -> bool:
+    """`APIError` (400) for a request the proxy does not forward (streaming, malformed messages or tools); whether
+    it is recorded (it offers tools)."""
+    if body.get("stream"):
+        raise APIError(400, "the recording proxy does not support stream=true; send stream=false",
+                       param="stream", code="stream_unsupported")
+    if not isinstance(body.get("messages"), list) or not all(isinstance(m, dict) for m in body["messages"]):
+        raise APIError(400, "'messages' must be a list of message objects", param="messages")
+    tools = body.get("tools")
+    if tools is not None and not (isinstance(tools, list) and all(
+            isinstance(t, dict) and isinstance(t.get("function"), dict)
+            and isinstance(t["function"].get("name"), str) for t in tools)):
+        raise APIError(400, "'tools' must be a list of {'type': 'function', 'function': {...}}", param="tools")
+    return bool(tools)

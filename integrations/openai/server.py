@@ -26,6 +26,7 @@ import socket
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, Literal
 
 import uvicorn
@@ -299,9 +300,39 @@ def create_app(chat_model: BaseChatModel, model_name: str, *, api_key: str | Non
     app = FastAPI(title=f"mentor_agents: {model_name}", strict_content_type=False)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     app.state.requires_api_key = api_key is not None
-    slots = asyncio.Semaphore(max_concurrency)
-    running: set[asyncio.Task] = set()
-    """Model calls in flight, kept referenced until they finish, whether or not their client is still there."""
+    add_error_handlers(app, max_body_bytes)
+    slots = Slots(max_concurrency)
+
+    async def authorized(request: Request) -> None:
+        check_api_key(request, api_key)
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok", "model": model_name}
+
+    @app.get("/v1/models", dependencies=[Depends(authorized)])
+    async def models() -> dict[str, Any]:
+        return {"object": "list",
+                "data": [{"id": model_name, "object": "model", "created": 0, "owned_by": "mentor_agents"}]}
+
+    @app.post("/v1/chat/completions", dependencies=[Depends(authorized)])
+    async def chat_completions(body: ChatCompletionRequest, request: Request):
+        if body.model != model_name:
+            raise APIError(404, f"model {body.model!r} is not served here; this server serves {model_name!r}",
+                           param="model", code="model_not_found")
+        call = await model_call(chat_model, body, max_tokens_limit)
+        head = {"id": "chatcmpl-" + uuid.uuid4().hex, "created": int(time.time()), "model": model_name}
+        if body.stream:
+            include_usage = body.stream_options is not None and body.stream_options.include_usage
+            return StreamingResponse(stream_events(request, call, slots, head, include_usage),
+                                     media_type="text/event-stream")
+        return await completion(request, call, slots, head)
+
+    return app
+
+
+def add_error_handlers(app: FastAPI, max_body_bytes: int) -> None:
+    """Answer `APIError`, invalid requests and HTTP errors (404, 413) in the OpenAI error shape."""
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError) -> JSONResponse:
@@ -318,131 +349,133 @@ def create_app(chat_model: BaseChatModel, model_name: str, *, api_key: str | Non
             else str(exc.detail)
         return error_response(exc.status_code, message, code=code)
 
-    async def authorized(request: Request) -> None:
-        check_api_key(request, api_key)
 
-    def in_slot(work: Callable[[], Awaitable[Any]], cancel: threading.Event) -> asyncio.Task:
-        """Run ``work`` once a slot is free, holding the slot until it returns even if its client is gone."""
+class Slots:
+    """At most ``n`` model calls at once. A call keeps its slot until it returns, even once its client is gone, and
+    stays referenced until then."""
+
+    def __init__(self, n: int):
+        self.semaphore = asyncio.Semaphore(n)
+        self.running: set[asyncio.Task] = set()
+
+    def run(self, work: Callable[[], Awaitable[Any]], cancel: threading.Event) -> asyncio.Task:
+        """Run ``work`` once a slot is free; skipped (`ClientGone`) when ``cancel`` was set while it waited."""
         async def run() -> Any:
-            async with slots:
+            async with self.semaphore:
                 if cancel.is_set():
                     raise ClientGone
                 return await work()
 
         task = asyncio.create_task(run())
-        running.add(task)
-        task.add_done_callback(running.discard)
+        self.running.add(task)
+        task.add_done_callback(self.running.discard)
         return task
 
-    @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok", "model": model_name}
 
-    @app.get("/v1/models", dependencies=[Depends(authorized)])
-    async def models() -> dict[str, Any]:
-        return {"object": "list",
-                "data": [{"id": model_name, "object": "model", "created": 0, "owned_by": "mentor_agents"}]}
+@dataclass
+class ModelCall:
+    """One request's model call: the model configured and bound to the request's tools, its messages, the call's
+    keyword arguments (``stop``) and the event that stops it."""
 
-    @app.post("/v1/chat/completions", dependencies=[Depends(authorized)])
-    async def chat_completions(body: ChatCompletionRequest, request: Request):
-        if body.model != model_name:
-            raise APIError(404, f"model {body.model!r} is not served here; this server serves {model_name!r}",
-                           param="model", code="model_not_found")
-        messages = to_langchain_messages(body.messages)
-        if body.n not in (None, 1):
-            raise APIError(400, "only n=1 is supported", param="n")
-        cancel = threading.Event()
-        settings: dict[str, Any] = {"cancel": cancel}
-        for name in ("max_tokens", "max_completion_tokens"):
-            value = getattr(body, name)
-            if value is not None and value > max_tokens_limit:
-                raise APIError(400, f"'{name}' is {value}; this server allows at most {max_tokens_limit}", param=name)
-            if value is not None:
-                settings["max_tokens"] = value
-        if body.temperature is not None:
-            settings["temperature"] = body.temperature
-        call_kwargs = {"stop": [body.stop] if isinstance(body.stop, str) else body.stop} if body.stop else {}
-        tools = [tool.model_dump(exclude_none=True) for tool in body.tools or []]
-        model: Any = configured(chat_model, settings)
-        await check_context(model, messages, tools)
-        if tools:
-            tool_choice = body.tool_choice.model_dump() if isinstance(body.tool_choice, BaseModel) else body.tool_choice
-            model = model.bind_tools(tools, **({} if tool_choice is None else {"tool_choice": tool_choice}))
+    model: Any
+    messages: list[BaseMessage]
+    kwargs: dict[str, Any]
+    cancel: threading.Event
 
-        completion_id = "chatcmpl-" + uuid.uuid4().hex
-        created = int(time.time())
-        if body.stream:
-            include_usage = body.stream_options is not None and body.stream_options.include_usage
-            return StreamingResponse(
-                stream_events(request, model, messages, call_kwargs, cancel, completion_id, created, include_usage),
-                media_type="text/event-stream",
-            )
-        call = in_slot(lambda: model.ainvoke(messages, **call_kwargs), cancel)
-        watcher = asyncio.create_task(cancel_on_disconnect(request, cancel))
-        try:
-            message = await asyncio.shield(call)
-        except Exception as e:
-            return model_error(e)
-        finally:
-            watcher.cancel()
-            cancel.set()
-        tool_calls = openai_tool_calls(message)
-        text = message.text
-        reply: dict[str, Any] = {"role": "assistant", "content": text if text or not tool_calls else None}
-        if tool_calls:
-            reply["tool_calls"] = tool_calls
-        return {
-            "id": completion_id, "object": "chat.completion", "created": created, "model": model_name,
-            "choices": [{"index": 0, "message": reply, "logprobs": None,
-                         "finish_reason": "tool_calls" if tool_calls else "stop"}],
-            "usage": openai_usage(message),
-        }
 
-    async def stream_events(request: Request, model: Any, messages: list[BaseMessage], call_kwargs: dict[str, Any],
-                            cancel: threading.Event, completion_id: str, created: int,
-                            include_usage: bool) -> AsyncIterator[str]:
-        def event(delta: dict[str, Any] | None, finish_reason: str | None = None, **extra: Any) -> str:
-            chunk = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model_name,
-                     "choices": [] if delta is None else
-                     [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}], **extra}
-            return f"data: {json.dumps(chunk)}\n\n"
+async def model_call(chat_model: BaseChatModel, body: ChatCompletionRequest, max_tokens_limit: int) -> ModelCall:
+    """The model call ``body`` asks for; `APIError` (400) for settings this server refuses or a prompt too long."""
+    messages = to_langchain_messages(body.messages)
+    if body.n not in (None, 1):
+        raise APIError(400, "only n=1 is supported", param="n")
+    cancel = threading.Event()
+    settings: dict[str, Any] = {"cancel": cancel}
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = getattr(body, name)
+        if value is not None and value > max_tokens_limit:
+            raise APIError(400, f"'{name}' is {value}; this server allows at most {max_tokens_limit}", param=name)
+        if value is not None:
+            settings["max_tokens"] = value
+    if body.temperature is not None:
+        settings["temperature"] = body.temperature
+    call_kwargs = {"stop": [body.stop] if isinstance(body.stop, str) else body.stop} if body.stop else {}
+    tools = [tool.model_dump(exclude_none=True) for tool in body.tools or []]
+    model: Any = configured(chat_model, settings)
+    await check_context(model, messages, tools)
+    if tools:
+        tool_choice = body.tool_choice.model_dump() if isinstance(body.tool_choice, BaseModel) else body.tool_choice
+        model = model.bind_tools(tools, **({} if tool_choice is None else {"tool_choice": tool_choice}))
+    return ModelCall(model, messages, call_kwargs, cancel)
 
-        chunks: asyncio.Queue = asyncio.Queue()
 
-        async def produce() -> None:
-            async for chunk in model.astream(messages, **call_kwargs):
-                chunks.put_nowait(chunk)
-                if cancel.is_set():
-                    break
+async def completion(request: Request, call: ModelCall, slots: Slots, head: dict[str, Any]) -> Any:
+    """The ``chat.completion`` answer of ``call`` (a 500 in the OpenAI error shape when the model fails)."""
+    task = slots.run(lambda: call.model.ainvoke(call.messages, **call.kwargs), call.cancel)
+    watcher = asyncio.create_task(cancel_on_disconnect(request, call.cancel))
+    try:
+        message = await asyncio.shield(task)
+    except Exception as e:
+        return model_error(e)
+    finally:
+        watcher.cancel()
+        call.cancel.set()
+    tool_calls = openai_tool_calls(message)
+    text = message.text
+    reply: dict[str, Any] = {"role": "assistant", "content": text if text or not tool_calls else None}
+    if tool_calls:
+        reply["tool_calls"] = tool_calls
+    return {
+        **head, "object": "chat.completion",
+        "choices": [{"index": 0, "message": reply, "logprobs": None,
+                     "finish_reason": "tool_calls" if tool_calls else "stop"}],
+        "usage": openai_usage(message),
+    }
 
-        call = in_slot(produce, cancel)
-        # None ends the stream; an exception is reported in-band.
-        call.add_done_callback(lambda task: chunks.put_nowait(None if task.cancelled() else task.exception()))
-        watcher = asyncio.create_task(cancel_on_disconnect(request, cancel))
-        try:
-            yield event({"role": "assistant", "content": ""})
-            usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-            called = False
-            while (chunk := await chunks.get()) is not None:
-                if isinstance(chunk, Exception):
-                    # The status line has gone out already: report the failure in-band, as OpenAI does.
-                    yield f"data: {json.dumps(model_error_body(chunk))}\n\n"
-                    yield "data: [DONE]\n\n"
-                    return
-                for delta in chunk_deltas(chunk):
-                    called = called or "tool_calls" in delta
-                    yield event(delta)
-                if getattr(chunk, "usage_metadata", None):
-                    usage = {k: usage[k] + v for k, v in openai_usage(chunk).items()}
-            yield event({}, "tool_calls" if called else "stop")
-            if include_usage:
-                yield event(None, usage=usage)
-            yield "data: [DONE]\n\n"
-        finally:
-            watcher.cancel()
-            cancel.set()
 
-    return app
+async def stream_events(request: Request, call: ModelCall, slots: Slots, head: dict[str, Any],
+                        include_usage: bool) -> AsyncIterator[str]:
+    """The server-sent events of ``call`` streamed: a role delta, content and tool-call deltas, the finish reason,
+    the usage when asked, ``[DONE]``; a model failure is reported in-band."""
+    def event(delta: dict[str, Any] | None, finish_reason: str | None = None, **extra: Any) -> str:
+        chunk = {**head, "object": "chat.completion.chunk",
+                 "choices": [] if delta is None else
+                 [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}], **extra}
+        return f"data: {json.dumps(chunk)}\n\n"
+
+    chunks: asyncio.Queue = asyncio.Queue()
+
+    async def produce() -> None:
+        async for chunk in call.model.astream(call.messages, **call.kwargs):
+            chunks.put_nowait(chunk)
+            if call.cancel.is_set():
+                break
+
+    task = slots.run(produce, call.cancel)
+    # None ends the stream; an exception is reported in-band.
+    task.add_done_callback(lambda done: chunks.put_nowait(None if done.cancelled() else done.exception()))
+    watcher = asyncio.create_task(cancel_on_disconnect(request, call.cancel))
+    try:
+        yield event({"role": "assistant", "content": ""})
+        usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+        called = False
+        while (chunk := await chunks.get()) is not None:
+            if isinstance(chunk, Exception):
+                # The status line has gone out already: report the failure in-band, as OpenAI does.
+                yield f"data: {json.dumps(model_error_body(chunk))}\n\n"
+                yield "data: [DONE]\n\n"
+                return
+            for delta in chunk_deltas(chunk):
+                called = called or "tool_calls" in delta
+                yield event(delta)
+            if getattr(chunk, "usage_metadata", None):
+                usage = {k: usage[k] + v for k, v in openai_usage(chunk).items()}
+        yield event({}, "tool_calls" if called else "stop")
+        if include_usage:
+            yield event(None, usage=usage)
+        yield "data: [DONE]\n\n"
+    finally:
+        watcher.cancel()
+        call.cancel.set()
 
 
 class ClientGone(Exception):
