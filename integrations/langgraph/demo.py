@@ -76,7 +76,7 @@ def run_demo(run_dir: str | os.PathLike[str] = "runs/demo", teacher_base_url: st
     test_tasks = make_tasks(n_test, "test", seed=seed)
 
     console.rule("[bold]mentor demo: distilling the calculator agent")
-    console.print(f"teacher: {getattr(teacher, 'model_name', type(teacher).__name__)}; student: tiny (from scratch); "
+    console.print(f"teacher: {getattr(teacher, 'model_name', type(teacher).__name__)}; student: fitted (from scratch); "
                   f"{n_train} training problems, {n_test} held-out, {n_ood} out-of-domain; run dir {run_dir}")
     start = time.perf_counter()
     student = distill(
