@@ -127,7 +127,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------------------- pipeline stages
 
-BUILTIN_AGENTS = {"calculator": "mentor_agents.integrations.langgraph.calculator"}
+BUILTIN_AGENTS = {"calculator": "mentor_agents.demo.calculator"}
 
 
 def add_agent_arguments(p: argparse.ArgumentParser) -> None:
@@ -407,7 +407,7 @@ def add_demo(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from mentor_agents.integrations.langgraph.demo import run_demo as demo
+    from mentor_agents.demo.run import run_demo as demo
 
     demo(run_dir=args.run_dir, teacher_base_url=args.teacher_base_url, teacher_model=args.teacher_model,
          seed=args.seed, quick=args.quick)

@@ -38,7 +38,7 @@ SMOL_TRAIN = dict(sft_lr=5e-4, sft_batch_size=2, lora_r=16, lora_alpha=32)
 def train_student(args: argparse.Namespace, out: Path, adapter) -> Path:
     """Record the scripted teacher, SFT the student on its verified traces, save it with a GGUF."""
     from mentor_agents.distill import DistillConfig, DistilledStudent, fitted_student
-    from mentor_agents.integrations.langgraph.calculator import make_tasks
+    from mentor_agents.demo.calculator import make_tasks
     from mentor_agents.references import build_references
     from mentor_agents.student import FITTED_FULL_MODULES, find_packaged_gguf, load_student
     from mentor_agents.traces import TraceStore
@@ -78,7 +78,7 @@ def run_agent(args: argparse.Namespace, saved: Path, adapter, out: Path) -> dict
     from langchain_openai import ChatOpenAI
 
     from mentor_agents.evaluation import evaluate_traces
-    from mentor_agents.integrations.langgraph.calculator import make_tasks
+    from mentor_agents.demo.calculator import make_tasks
     from mentor_agents.integrations.openai.proxy import create_proxy_app
     from mentor_agents.integrations.openai.server import running_server
     from mentor_agents.traces import TraceStore
@@ -151,7 +151,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from mentor_agents.integrations.langgraph.adapter import LangGraphAdapter
-    from mentor_agents.integrations.langgraph.calculator import ScriptedCalculatorTeacher, build_agent
+    from mentor_agents.demo.calculator import ScriptedCalculatorTeacher, build_agent
 
     out = args.out / args.student
     adapter = LangGraphAdapter(build_agent(ScriptedCalculatorTeacher()))

@@ -98,7 +98,8 @@ class DistillConfig:
 
 @dataclass
 class DistilledStudent:
-    """The trained student: use it in the graph, evaluate it, save it, serve it."""
+    """The trained student: use it in the graph, evaluate it, save it; serve it with
+    `mentor_agents.integrations.openai.serve_student` or, once saved, ``mentor serve``."""
 
     model: Any
     tokenizer: Any
@@ -146,12 +147,6 @@ class DistilledStudent:
 
             export_gguf(out / "merged", out / "gguf", gguf, system=getattr(self.adapter, "system_prompt", None))
         return out
-
-    def serve(self, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None) -> None:
-        """Serve the student as an OpenAI-compatible endpoint until interrupted (see ``mentor serve``)."""
-        from mentor_agents.integrations.openai.server import create_app, serve
-
-        serve(create_app(self.as_chat_model(), f"mentor/{self.method}", api_key=api_key), host=host, port=port)
 
 
 def distill(

@@ -35,7 +35,7 @@ from transformers import TrainerCallback  # noqa: E402
 from mentor_agents import cli, training  # noqa: E402
 from mentor_agents.distill import DistillConfig, distill  # noqa: E402
 from mentor_agents.integrations.langgraph import record  # noqa: E402
-from mentor_agents.integrations.langgraph.calculator import (  # noqa: E402
+from mentor_agents.demo.calculator import (  # noqa: E402
     TOOLS,
     ScriptedCalculatorTeacher,
     build_agent,

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from mentor_agents.cli import main
+from mentor_agents.app.cli import main
 
 torch.set_num_threads(1)
 
@@ -92,7 +92,7 @@ def bad_inputs(tmp_path_factory):
 def test_bad_arguments_exit_with_one_line(bad_inputs, argv, message):
     argv = [a.replace("{tmp}", str(bad_inputs)) for a in argv]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(bad_inputs), os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run([sys.executable, "-m", "mentor_agents.cli", *argv], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "mentor_agents.app.cli", *argv], capture_output=True, text=True,
                             timeout=120, env=env)
     assert result.returncode != 0
     assert message in result.stderr
@@ -117,10 +117,10 @@ def test_a_run_directory_works_after_a_move_and_from_another_directory(tmp_path,
 
 
 def test_usage_errors_come_from_argparse():
-    result = subprocess.run([sys.executable, "-m", "mentor_agents.cli", "train", "calculator"], capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "mentor_agents.app.cli", "train", "calculator"], capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 2 and "--run-dir" in result.stderr
-    help_text = subprocess.run([sys.executable, "-m", "mentor_agents.cli", "--help"], capture_output=True, text=True,
+    help_text = subprocess.run([sys.executable, "-m", "mentor_agents.app.cli", "--help"], capture_output=True, text=True,
                                timeout=60).stdout
     for command in ("demo", "record", "train", "eval", "report", "serve", "proxy"):
         assert command in help_text

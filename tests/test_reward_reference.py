@@ -18,7 +18,7 @@ from langchain_core.messages import BaseMessage, HumanMessage, ToolMessage
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from transformers import LogitsProcessorList
 
-from mentor_agents.integrations.langgraph.calculator import TOOLS, ScriptedCalculatorTeacher, build_agent
+from mentor_agents.demo.calculator import TOOLS, ScriptedCalculatorTeacher, build_agent
 from mentor_agents.integrations.langgraph.rollouts import run_rollouts
 from mentor_agents.integrations.langgraph.student_model import rollout_from_run, turn_message
 from mentor_agents.references import CallReference, RewardReference

@@ -20,7 +20,7 @@ from mentor_agents.integrations.langgraph import (
     stitch,
     swap_model,
 )
-from mentor_agents.integrations.langgraph.calculator import SYSTEM_PROMPT, TOOLS, ScriptedCalculatorTeacher, build_agent
+from mentor_agents.demo.calculator import SYSTEM_PROMPT, TOOLS, ScriptedCalculatorTeacher, build_agent
 from mentor_agents.integrations.langgraph.student_model import openai_messages
 
 torch.set_num_threads(1)
