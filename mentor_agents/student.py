@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mentor_agents.errors import MentorError
 from mentor_agents.files import recover_dir
 from mentor_agents.toolcalls import InvalidCall, ParsedCall, as_call, parse_tool_calls
 
@@ -297,11 +298,11 @@ PACKAGED_GGUF: dict[str, dict[str, Any]] = {
 }
 
 
-class StudentLoadError(RuntimeError):
+class StudentLoadError(MentorError, RuntimeError):
     """A student could not be found or loaded; the message says what to pass instead."""
 
 
-class StudentFormatError(ValueError):
+class StudentFormatError(MentorError, ValueError):
     """The student's chat template cannot render tool calls and no tools template can be installed for it."""
 
 
