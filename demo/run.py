@@ -20,8 +20,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from mentor_agents.distill import DistillConfig, DistilledStudent, distill
 from mentor_agents.demo.calculator import ScriptedCalculatorTeacher, build_agent, make_tasks
+from mentor_agents.distill import DistillConfig, DistilledStudent, distill
 from mentor_agents.student import FITTED_FULL_MODULES, TinyStudentConfig
 from mentor_agents.training import TrainConfig
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from mentor_agents.references import RewardReference, build_references, load_references
 from mentor_agents.toolcalls import ParsedMessage, parse_tool_calls
-from mentor_agents.traces import Trace, RecordFileError, TraceStore
+from mentor_agents.traces import RecordFileError, Trace, TraceStore
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
