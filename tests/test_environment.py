@@ -14,13 +14,13 @@ from transformers import LogitsProcessorList
 
 from forcing import ForceText
 from mentor_agents import Environment
+from mentor_agents.demo import calculator, inventory
+from mentor_agents.demo.scripted import ScriptedTeacher
 from mentor_agents.distill import DistillConfig, RunState, evaluate_models, prepare_tasks
 from mentor_agents.evaluation import comparison_table, evaluate_traces
 from mentor_agents.integrations.langgraph import record
-from mentor_agents.demo import calculator, inventory
 from mentor_agents.integrations.langgraph.adapter import LangGraphAdapter
 from mentor_agents.integrations.langgraph.rollouts import run_rollouts
-from mentor_agents.demo.scripted import ScriptedTeacher
 from mentor_agents.references import build_references, load_references, save_references
 from mentor_agents.rewards import Reward
 from mentor_agents.rollouts import Rollout

@@ -21,10 +21,10 @@ from langchain.agents import create_agent
 from langchain_core.messages import ToolMessage
 from langchain_core.tools import tool
 
+from mentor_agents.demo.calculator import ScriptedCalculatorTeacher, build_agent
 from mentor_agents.distill import RunState, distill, write_json_atomic
 from mentor_agents.files import save_dir_atomically, write_text_atomic
 from mentor_agents.integrations.langgraph import record, with_tool_timeout
-from mentor_agents.demo.calculator import ScriptedCalculatorTeacher, build_agent
 from mentor_agents.integrations.openai.teacher import OpenAITeacher
 from mentor_agents.references import build_references, load_references, save_references
 from mentor_agents.tasks import NumericMatch, Task, read_tasks, write_tasks

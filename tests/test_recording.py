@@ -21,7 +21,6 @@ from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.prebuilt import ToolNode, tools_condition
 from pydantic import PrivateAttr
 
-from mentor_agents.integrations.langgraph import arecord, record, to_openai_messages
 from mentor_agents.demo.calculator import (
     SYSTEM_PROMPT,
     TOOLS,
@@ -29,6 +28,7 @@ from mentor_agents.demo.calculator import (
     build_agent,
     make_tasks,
 )
+from mentor_agents.integrations.langgraph import arecord, record, to_openai_messages
 from mentor_agents.references import build_references
 from mentor_agents.tasks import NumericMatch, Task
 from mentor_agents.traces import TraceStore

@@ -6,7 +6,7 @@ import pytest
 
 from mentor_agents.references import build_references, load_references, save_references, summarize
 from mentor_agents.tasks import NumericMatch
-from mentor_agents.traces import ToolStep, RecordFileError, TraceStore
+from mentor_agents.traces import RecordFileError, ToolStep, TraceStore
 from store_writers import append_many, make_trace
 
 
