@@ -91,7 +91,7 @@ class StepClock:
 
 
 def calculator_data(work: Path, n: int):
-    from mentor_agents.integrations.langgraph.calculator import ScriptedCalculatorTeacher, build_agent, make_tasks
+    from mentor_agents.demo.calculator import ScriptedCalculatorTeacher, build_agent, make_tasks
     from mentor_agents.integrations.langgraph.recording import record
     from mentor_agents.references import build_references
     from mentor_agents.traces import TraceStore
@@ -103,7 +103,7 @@ def calculator_data(work: Path, n: int):
 
 
 def run_variant(args) -> dict:
-    from mentor_agents.integrations.langgraph.calculator import ScriptedCalculatorTeacher, build_agent
+    from mentor_agents.demo.calculator import ScriptedCalculatorTeacher, build_agent
     from mentor_agents.integrations.langgraph.rollouts import graph_rollout_fn
     from mentor_agents.prefix_sharing import SharedPrefixGRPOTrainer, SharedPrefixSFTTrainer
     from mentor_agents.student import find_packaged_gguf, load_student
@@ -147,7 +147,7 @@ def plain_trl(model, tokenizer, references, config, work: Path, clock: StepClock
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
-    from mentor_agents.integrations.langgraph.calculator import SYSTEM_PROMPT, TOOLS
+    from mentor_agents.demo.calculator import SYSTEM_PROMPT, TOOLS
 
     dataset = Dataset.from_list([{"prompt": [{"role": "system", "content": SYSTEM_PROMPT},
                                              {"role": "user", "content": ref.task_input}]} for ref in references])

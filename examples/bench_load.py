@@ -33,7 +33,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from mentor_agents.integrations.langgraph.calculator import ScriptedCalculatorTeacher, build_agent, make_tasks
+from mentor_agents.demo.calculator import ScriptedCalculatorTeacher, build_agent, make_tasks
 from mentor_agents.integrations.langgraph.recording import record
 from mentor_agents.integrations.openai.server import create_app, running_server
 from mentor_agents.integrations.openai.teacher import OpenAITeacher
@@ -106,7 +106,7 @@ def bench_serving(work: Path, args) -> dict:
     port = free_port()
     env = {**os.environ, "BENCH_KEY": KEY, "OMP_NUM_THREADS": "1"}
     server = subprocess.Popen(
-        [sys.executable, "-m", "mentor_agents.cli", "serve", str(student), "--port", str(port), "--api-key-env",
+        [sys.executable, "-m", "mentor_agents.app.cli", "serve", str(student), "--port", str(port), "--api-key-env",
          "BENCH_KEY", "--max-new-tokens", str(args.max_tokens), "--model-name", "student"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"

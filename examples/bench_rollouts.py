@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from mentor_agents.integrations.langgraph.calculator import ScriptedCalculatorTeacher, build_agent, make_tasks
+from mentor_agents.demo.calculator import ScriptedCalculatorTeacher, build_agent, make_tasks
 from mentor_agents.integrations.langgraph.rollouts import run_rollouts
 from mentor_agents.references import RewardReference
 from mentor_agents.student import find_packaged_gguf, load_student

@@ -36,7 +36,7 @@ from langchain_core.messages import HumanMessage, SystemMessage
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from openai import AsyncOpenAI
 
-from mentor_agents.integrations.langgraph.calculator import SYSTEM_PROMPT, TOOLS, make_tasks
+from mentor_agents.demo.calculator import SYSTEM_PROMPT, TOOLS, make_tasks
 from mentor_agents.integrations.langgraph.student_model import StudentChatModel
 from mentor_agents.student import convert_gguf, find_packaged_gguf, tiny_student_dir
 

@@ -12,8 +12,8 @@ import os
 import time
 from pathlib import Path
 
+from mentor_agents.demo.calculator import ScriptedCalculatorTeacher, build_agent, make_tasks
 from mentor_agents.integrations.langgraph import record
-from mentor_agents.integrations.langgraph.calculator import ScriptedCalculatorTeacher, build_agent, make_tasks
 from mentor_agents.references import build_references, save_references, summarize
 from mentor_agents.traces import ModelStep, TraceStore
 

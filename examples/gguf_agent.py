@@ -37,8 +37,8 @@ SMOL_TRAIN = dict(sft_lr=5e-4, sft_batch_size=2, lora_r=16, lora_alpha=32)
 
 def train_student(args: argparse.Namespace, out: Path, adapter) -> Path:
     """Record the scripted teacher, SFT the student on its verified traces, save it with a GGUF."""
+    from mentor_agents.demo.calculator import make_tasks
     from mentor_agents.distill import DistillConfig, DistilledStudent, fitted_student
-    from mentor_agents.integrations.langgraph.calculator import make_tasks
     from mentor_agents.references import build_references
     from mentor_agents.from_scratch import FITTED_FULL_MODULES
     from mentor_agents.student import find_packaged_gguf, load_student
@@ -78,8 +78,8 @@ def run_agent(args: argparse.Namespace, saved: Path, adapter, out: Path) -> dict
     """The calculator graph on held-out tasks, with llama.cpp (behind the lenient proxy) as its chat model."""
     from langchain_openai import ChatOpenAI
 
+    from mentor_agents.demo.calculator import make_tasks
     from mentor_agents.evaluation import evaluate_traces
-    from mentor_agents.integrations.langgraph.calculator import make_tasks
     from mentor_agents.integrations.openai.proxy import create_proxy_app
     from mentor_agents.integrations.openai.server import running_server
     from mentor_agents.traces import TraceStore
@@ -151,8 +151,8 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="reuse the student saved in --out by an earlier run")
     args = parser.parse_args()
 
+    from mentor_agents.demo.calculator import ScriptedCalculatorTeacher, build_agent
     from mentor_agents.integrations.langgraph.adapter import LangGraphAdapter
-    from mentor_agents.integrations.langgraph.calculator import ScriptedCalculatorTeacher, build_agent
 
     out = args.out / args.student
     adapter = LangGraphAdapter(build_agent(ScriptedCalculatorTeacher()))

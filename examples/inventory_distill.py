@@ -25,7 +25,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from mentor_agents import DistillConfig, TrainConfig, distill
-from mentor_agents.integrations.langgraph import inventory
+from mentor_agents.demo import inventory
 from mentor_agents.from_scratch import FITTED_FULL_MODULES, FittedStudentConfig
 from mentor_agents.student import find_packaged_gguf
 

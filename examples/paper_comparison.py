@@ -63,7 +63,7 @@ from mentor_agents.distill import write_json_atomic
 from mentor_agents.evaluation import (Metrics, bootstrap_ci, evaluate_traces, paired_bootstrap, plot_success,
                                       save_figure)
 from mentor_agents.files import write_text_atomic
-from mentor_agents.integrations.langgraph import calculator, inventory
+from mentor_agents.demo import calculator, inventory
 from mentor_agents.integrations.langgraph.adapter import LangGraphAdapter
 from mentor_agents.integrations.openai.server import create_app, running_server
 from mentor_agents.integrations.openai.teacher import OpenAITeacher

@@ -30,7 +30,7 @@ import torch
 from accelerate import PartialState
 from langchain.agents import create_agent
 
-from mentor_agents.integrations.langgraph.calculator import TOOLS, ScriptedCalculatorTeacher, make_tasks
+from mentor_agents.demo.calculator import TOOLS, ScriptedCalculatorTeacher, make_tasks
 from mentor_agents.integrations.langgraph.recording import record
 from mentor_agents.integrations.langgraph.rollouts import graph_rollout_fn
 from mentor_agents.references import build_references, load_references, save_references

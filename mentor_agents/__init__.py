@@ -10,30 +10,34 @@ from typing import Any
 
 from mentor_agents.distill import DistillConfig, distill
 from mentor_agents.environment import Environment, EnvironmentFactory
+from mentor_agents.errors import InvalidInputError, MentorError, StageError
 from mentor_agents.messages import Message, ToolCall
 from mentor_agents.references import RewardReference, build_references, summarize
-from mentor_agents.rewards import RewardResult, TeacherGuidedReward
+from mentor_agents.rewards import Reward, RewardResult
 from mentor_agents.rollouts import Rollout
 from mentor_agents.tasks import ExactMatch, NumericMatch, Task
-from mentor_agents.traces import ModelStep, ToolStep, Trace, TraceFileError, TraceStore
+from mentor_agents.traces import ModelStep, RecordFileError, ToolStep, Trace, TraceStore
 
 __all__ = [
     "DistillConfig",
     "Environment",
     "EnvironmentFactory",
     "ExactMatch",
+    "InvalidInputError",
+    "MentorError",
     "Message",
     "ModelStep",
     "NumericMatch",
+    "RecordFileError",
+    "Reward",
     "RewardReference",
     "RewardResult",
     "Rollout",
+    "StageError",
     "Task",
-    "TeacherGuidedReward",
     "ToolCall",
     "ToolStep",
     "Trace",
-    "TraceFileError",
     "TraceStore",
     "TrainConfig",
     "build_references",

@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from mentor_agents.errors import InvalidInputError
+
 CATEGORIES = ("simple_python", "multiple", "parallel", "parallel_multiple", "irrelevance")
 
 # BFCL's GORILLA_TO_OPENAPI, restricted to the types of the Python categories; anything else becomes "string".
@@ -94,7 +96,7 @@ def load_bfcl(categories: Sequence[str] = CATEGORIES, n_per_category: int | None
     """
     unknown = [c for c in categories if c not in CATEGORIES]
     if unknown:
-        raise ValueError(f"unsupported BFCL categories {unknown}; choose from {list(CATEGORIES)}")
+        raise InvalidInputError(f"unsupported BFCL categories {unknown}; choose from {list(CATEGORIES)}")
     root = Path(data_dir) if data_dir is not None else bfcl_data_dir()
     items: list[BFCLItem] = []
     for category in categories:

@@ -12,9 +12,12 @@ from pathlib import Path
 
 import trl
 
+from mentor_agents.errors import MentorError
+
 QWEN2_5_TEMPLATE = (Path(trl.__file__).parent / "chat_templates" / "qwen2_5.jinja").read_text(encoding="utf-8")
 
-class StudentFormatError(ValueError):
+
+class StudentFormatError(MentorError, ValueError):
     """The student's chat template cannot render tool calls and no tools template can be installed for it."""
 
 

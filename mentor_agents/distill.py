@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
 from mentor_agents.environment import EnvironmentFactory
+from mentor_agents.errors import InvalidInputError, StageError
 from mentor_agents.evaluation import Metrics, comparison_table, evaluate_traces, plot_reward_curve, plot_success
 from mentor_agents.files import write_text_atomic
 from mentor_agents.references import (
@@ -98,7 +99,8 @@ class DistillConfig:
 
 @dataclass
 class DistilledStudent:
-    """The trained student: use it in the graph, evaluate it, save it, serve it."""
+    """The trained student: use it in the graph, evaluate it, save it; serve it with
+    `mentor_agents.integrations.openai.serve_student` or, once saved, ``mentor serve``."""
 
     model: Any
     tokenizer: Any
@@ -146,12 +148,6 @@ class DistilledStudent:
 
             export_gguf(out / "merged", out / "gguf", gguf, system=getattr(self.adapter, "system_prompt", None))
         return out
-
-    def serve(self, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None) -> None:
-        """Serve the student as an OpenAI-compatible endpoint until interrupted (see ``mentor serve``)."""
-        from mentor_agents.integrations.openai.server import create_app, serve
-
-        serve(create_app(self.as_chat_model(), f"mentor/{self.method}", api_key=api_key), host=host, port=port)
 
 
 def distill(
@@ -266,8 +262,8 @@ def record_teacher(run: RunState, adapter: AgentAdapter, splits: dict[str, list[
     save_references(references, run.run / "references.jsonl")
     if not references:
         summary = summarize(teacher_traces)
-        raise RuntimeError(f"no teacher trace was verified correct ({summary.traces} traces, verdicts "
-                           f"{summary.verdicts}); see {store.path}")
+        raise StageError(f"no teacher trace was verified correct ({summary.traces} traces, verdicts "
+                         f"{summary.verdicts}); see {store.path}")
     return teacher_traces, references
 
 
@@ -372,7 +368,7 @@ def write_report(run: RunState, student: str, method: str, teacher_traces: list[
                            learned_verdict(results, method), config, bool(history), invalid)
     write_text_atomic(run.run / "report.md", report)
     reward = "none (supervised fine-tuning)" if method == "sft" else \
-        repr(replace(config.train, method=method).reward_fn).replace("TeacherGuidedReward", "")
+        repr(replace(config.train, method=method).reward_fn).replace("Reward", "")
     write_json_atomic(run.run / "run.json", {
         "student": student,
         "teacher": teacher_traces[0].teacher_model if teacher_traces else None,
@@ -470,7 +466,7 @@ class RunState:
         """The run directory's state; with ``resume=False`` every stage runs again (files are overwritten)."""
         run = Path(run_dir)
         if run.exists() and not run.is_dir():
-            raise ValueError(f"run directory {run} is a file; give a directory (it is created if missing)")
+            raise InvalidInputError(f"run directory {run} is a file; give a directory (it is created if missing)")
         run.mkdir(parents=True, exist_ok=True)
         path = run / "state.json"
         if not resume or not path.exists():
@@ -478,12 +474,13 @@ class RunState:
         try:
             data = json.loads(path.read_text())
         except (ValueError, RecursionError) as e:
-            raise ValueError(f"{path}: not valid JSON ({e}); delete it to run every stage again") from None
+            raise InvalidInputError(f"{path}: not valid JSON ({e}); delete it to run every stage again") from None
         if not isinstance(data, dict) or not isinstance(data.get("done", {}), dict):
-            raise ValueError(f"{path}: not a run state (expected {{\"version\": {cls.VERSION}, \"done\": {{...}}}})")
+            raise InvalidInputError(
+                f"{path}: not a run state (expected {{\"version\": {cls.VERSION}, \"done\": {{...}}}})")
         if data.get("version") != cls.VERSION:
-            raise RuntimeError(f"{path} was written by an incompatible mentor_agents (state version "
-                               f"{data.get('version')!r}, this one reads {cls.VERSION}); use a new run_dir")
+            raise StageError(f"{path} was written by an incompatible mentor_agents (state version "
+                             f"{data.get('version')!r}, this one reads {cls.VERSION}); use a new run_dir")
         return cls(run, data.get("done", {}))
 
     def mark(self, stage: str, **info: Any) -> None:
@@ -522,7 +519,7 @@ class RunState:
                 continue
             given = [task_to_dict(as_task(t)) for t in passed]
             if canonical(given) != canonical(kept):
-                raise ValueError(
+                raise InvalidInputError(
                     f"the {split} tasks passed ({len(given)}) differ from those stored in {self.run / 'tasks.json'} "
                     f"({len(kept)}); to run them, use a new run_dir, or pass resume=False to start this one over")
 
@@ -555,8 +552,9 @@ def tasks_from_traces(traces: Sequence[Trace]) -> list[Task]:
     tasks: dict[str, Task] = {}
     for trace in traces:
         if trace.verifier == "custom":
-            raise ValueError(f"task {trace.task_id!r} of the traces was judged by a custom (callable) verifier, "
-                             "which traces cannot store; pass the tasks, with their verifiers, as well")
+            raise InvalidInputError(f"task {trace.task_id!r} of the traces was judged by a custom (callable) "
+                                    "verifier, which traces cannot store; pass the tasks, with their verifiers, "
+                                    "as well")
         if trace.task_id not in tasks:
             tasks[trace.task_id] = Task(id=trace.task_id, input=trace.task_input, ground_truth=trace.ground_truth,
                                         verifier=trace.verifier)

@@ -28,6 +28,8 @@ from typing import Any
 import gguf
 import numpy as np
 
+from mentor_agents.errors import MentorError
+
 QUANTS = ("f16", "q8_0", "q4_k_m")
 """The ``quant`` values `export_gguf` accepts."""
 
@@ -54,7 +56,7 @@ PRE_TOKENIZERS: dict[str, str] = {
 """Signature of a tokenizer's pre-tokenizer (`pre_tokenizer_signature`) -> llama.cpp's ``tokenizer.ggml.pre``."""
 
 
-class GGUFExportError(ValueError):
+class GGUFExportError(MentorError, ValueError):
     """The model or tokenizer cannot be written as a GGUF that llama.cpp runs the same way; says what is wrong."""
 
 

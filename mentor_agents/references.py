@@ -9,6 +9,7 @@ from typing import Annotated, Any, Callable, Iterable, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_serializer, field_validator
 
+from mentor_agents.errors import InvalidInputError
 from mentor_agents.messages import tool_names
 from mentor_agents.tasks import ExactMatch, NumericMatch, Verdict, Verifier, check, is_custom, last_number
 from mentor_agents.traces import SCHEMA_VERSION, Trace, read_jsonl, write_jsonl_atomic
@@ -47,7 +48,7 @@ class RewardReference(BaseModel):
         task_id = info.data.get("task_id")
         verifiers = (info.context or {}).get("verifiers") or {}
         if task_id not in verifiers:
-            raise ValueError(
+            raise InvalidInputError(
                 f"the reference of task {task_id!r} was judged by a custom (callable) verifier, which cannot be "
                 "stored; pass it back (load_references(path, verifiers={task_id: fn}), or the task itself to "
                 "distill), or start over with a new run_dir or resume=False")
@@ -79,8 +80,8 @@ class RewardReference(BaseModel):
         ``"custom"``."""
         calls = [CallReference(name=call.name, args=call.args) for call in trace.tool_calls]
         if trace.verifier == "custom" and verifier is None:
-            raise ValueError(f"task {trace.task_id!r} has a custom (callable) verifier, which traces cannot store; "
-                             "pass it: build_references(traces, verifiers={task_id: fn})")
+            raise InvalidInputError(f"task {trace.task_id!r} has a custom (callable) verifier, which traces cannot "
+                                    "store; pass it: build_references(traces, verifiers={task_id: fn})")
         return cls(
             task_id=trace.task_id,
             task_input=trace.task_input,
@@ -158,7 +159,7 @@ def save_references(references: list[RewardReference], path: str | Path) -> None
 
 def load_references(path: str | Path, skip_invalid: bool = False,
                     verifiers: Mapping[str, Verifier] | None = None) -> list[RewardReference]:
-    """References from a JSONL file; an invalid line raises `TraceFileError` naming the file, line and field.
+    """References from a JSONL file; an invalid line raises `RecordFileError` naming the file, line and field.
     ``verifiers`` gives back, by task id, the callable verifiers stored as ``"custom"``; a reference whose callable
     is not given back is an error, never a silent exact match."""
     references, _ = read_jsonl(Path(path), RewardReference, skip_invalid, context={"verifiers": verifiers or {}})

@@ -29,6 +29,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
+from mentor_agents.errors import InvalidInputError
 from mentor_agents.references import RewardReference
 from mentor_agents.rollouts import Rollout
 from mentor_agents.messages import ToolCall
@@ -116,7 +117,7 @@ def score(
 ) -> RewardResult:
     """The reward ``name`` (see the module docstring) of one rollout against its reference."""
     if name not in REWARD_NAMES:
-        raise ValueError(f"unknown reward {name!r}; choose one of {', '.join(REWARD_NAMES)}")
+        raise InvalidInputError(f"unknown reward {name!r}; choose one of {', '.join(REWARD_NAMES)}")
     gated = gate(name, rollout, reference)
     if gated is not None:
         return gated
@@ -213,8 +214,9 @@ def efficiency(rollout: Rollout, reference: RewardReference) -> float:
 
 
 @dataclass(frozen=True)
-class TeacherGuidedReward:
-    """A named reward plus opt-in extension terms and reward-hacking guards.
+class Reward:
+    """The reward ``name`` (MENTOR or one of its ablations; ``sparse`` reads only correctness, not the teacher) plus
+    opt-in extension terms and reward-hacking guards.
 
     The defaults are the paper-exact MENTOR reward. Each ``*_weight`` adds that term (a value in [0, 1], times the
     weight) once the gates pass. ``max_calls_factor`` caps the reward at 0.1 when the student made more than

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from mentor_agents.chat_templates import prepare_tokenizer
+from mentor_agents.errors import MentorError
 from mentor_agents.files import recover_dir
 from mentor_agents.from_scratch import make_tiny_student
 
@@ -67,7 +68,7 @@ PACKAGED_GGUF: dict[str, dict[str, Any]] = {
 }
 
 
-class StudentLoadError(RuntimeError):
+class StudentLoadError(MentorError, RuntimeError):
     """A student could not be found or loaded; the message says what to pass instead."""
 
 

@@ -11,6 +11,7 @@ from typing import Any, Callable, Literal, Union
 
 from pydantic import BaseModel, ConfigDict
 
+from mentor_agents.errors import InvalidInputError
 from mentor_agents.files import write_text_atomic
 
 Verdict = Literal["correct", "wrong", "unknown"]
@@ -107,8 +108,8 @@ def task_from_dict(data: dict[str, Any], custom: dict[str, Verifier] | None = No
     verifier = data.pop("verifier", None)
     if verifier == "custom":
         if data.get("id") not in (custom or {}):
-            raise ValueError(f"task {data.get('id')!r} has a custom (callable) verifier, which cannot be stored; "
-                             "pass the task itself (with its verifier) again")
+            raise InvalidInputError(f"task {data.get('id')!r} has a custom (callable) verifier, which cannot be "
+                                    "stored; pass the task itself (with its verifier) again")
         verifier = custom[data["id"]]
     elif isinstance(verifier, dict):
         verifier = NumericMatch(**verifier) if verifier.get("kind") == "numeric" else ExactMatch(**verifier)
@@ -125,7 +126,7 @@ def read_tasks(path: str | Path) -> list[Task]:
         try:
             tasks.append(task_from_dict(json.loads(line)))
         except (ValueError, TypeError, AttributeError) as e:
-            raise ValueError(f"{path}:{number}: not a task ({e})") from None
+            raise InvalidInputError(f"{path}:{number}: not a task ({e})") from None
     return tasks
 
 

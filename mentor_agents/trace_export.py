@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from mentor_agents.errors import InvalidInputError
 from mentor_agents.references import self_consistency
 from mentor_agents.traces import Trace, TraceStore
 
@@ -63,7 +64,7 @@ def export_traces(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], 
     from mentor_agents.files import write_text_atomic
 
     if format not in ("openai", "hf"):
-        raise ValueError(f"unknown trace export format {format!r}; choose openai or hf")
+        raise InvalidInputError(f"unknown trace export format {format!r}; choose openai or hf")
     traces = verified_traces(run_dir)
     examples = [openai_example(t) for t in traces]
     if format == "openai":

@@ -19,6 +19,7 @@ from typing import Annotated, Any, BinaryIO, Iterator, Literal, TypeVar
 from filelock import FileLock
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from mentor_agents.errors import InvalidInputError
 from mentor_agents.files import write_text_atomic
 from mentor_agents.messages import ToolCall
 from mentor_agents.tasks import ExactMatch, NumericMatch, Verdict
@@ -109,8 +110,9 @@ class Trace(Record):
         return [step for step in self.steps if isinstance(step, ToolStep)]
 
 
-class TraceFileError(ValueError):
-    """A line of a JSONL record file that is not a valid record; names the file, line and field."""
+class RecordFileError(InvalidInputError):
+    """A line of a JSONL record file (traces, reward references) that is not a valid record; names the file,
+    line and field."""
 
     def __init__(self, path: Path, line: int, field: str, message: str):
         self.path, self.line, self.field = path, line, field
@@ -121,18 +123,18 @@ R = TypeVar("R", bound=BaseModel)
 
 
 def parse_line(text: str, model: type[R], path: Path, line: int, context: dict[str, Any] | None = None) -> R:
-    """One JSONL line as a validated ``model``, or a `TraceFileError` naming the file, line and field."""
+    """One JSONL line as a validated ``model``, or a `RecordFileError` naming the file, line and field."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise TraceFileError(path, line, "<json>", f"not valid JSON ({e.msg} at column {e.colno})") from None
+        raise RecordFileError(path, line, "<json>", f"not valid JSON ({e.msg} at column {e.colno})") from None
     except (ValueError, RecursionError) as e:
-        raise TraceFileError(path, line, "<json>", f"not valid JSON ({e})") from None
+        raise RecordFileError(path, line, "<json>", f"not valid JSON ({e})") from None
     if not isinstance(data, dict):
-        raise TraceFileError(path, line, "<root>", f"expected a JSON object, got {type(data).__name__}")
+        raise RecordFileError(path, line, "<root>", f"expected a JSON object, got {type(data).__name__}")
     version = data.get("schema_version", SCHEMA_VERSION)
     if version != SCHEMA_VERSION:
-        raise TraceFileError(
+        raise RecordFileError(
             path, line, "schema_version",
             f"written with schema version {version!r}; this mentor_agents reads version {SCHEMA_VERSION}",
         )
@@ -141,7 +143,7 @@ def parse_line(text: str, model: type[R], path: Path, line: int, context: dict[s
     except ValidationError as e:
         err = e.errors()[0]
         field = ".".join(str(part) for part in err["loc"]) or "<root>"
-        raise TraceFileError(path, line, field, err["msg"]) from None
+        raise RecordFileError(path, line, field, err["msg"]) from None
 
 
 @dataclass
@@ -199,7 +201,7 @@ class TraceStore:
             tail = f.read()
             try:
                 parse_line(tail.decode("utf-8"), Trace, self.path, 0)
-            except (UnicodeDecodeError, TraceFileError):
+            except (UnicodeDecodeError, RecordFileError):
                 with open(self.path.with_name(self.path.name + ".partial"), "ab") as aside:
                     aside.write(tail + b"\n")
                 f.truncate(cut)
@@ -217,7 +219,7 @@ class TraceStore:
     def read(self, skip_invalid: bool = False) -> list[Trace]:
         """All traces in file order.
 
-        Raises `TraceFileError` on the first invalid line, or, with ``skip_invalid=True``, skips invalid lines,
+        Raises `RecordFileError` on the first invalid line, or, with ``skip_invalid=True``, skips invalid lines,
         logs how many, and keeps them in `skipped`; a line of another schema version raises in both cases.
         """
         traces, self.skipped = read_jsonl(self.path, Trace, skip_invalid)
@@ -254,14 +256,14 @@ def read_jsonl(path: Path, model: type[R], skip_invalid: bool = False, context: 
                 try:
                     text = raw.decode("utf-8")
                 except UnicodeDecodeError as e:
-                    error = TraceFileError(path, number, "<encoding>", f"not UTF-8 ({e.reason})")
+                    error = RecordFileError(path, number, "<encoding>", f"not UTF-8 ({e.reason})")
                 else:
                     if not text.strip():
                         continue
                     try:
                         records.append(parse_line(text, model, path, number, context))
                         continue
-                    except TraceFileError as e:
+                    except RecordFileError as e:
                         error = e
                 # A record of another schema version is not a damaged line: skipping it would silently drop data.
                 if not skip_invalid or error.field == "schema_version":

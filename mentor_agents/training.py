@@ -53,7 +53,7 @@ from trl.models import unwrap_model_for_generation
 from mentor_agents.files import append_lines, recover_dir, save_dir_atomically, write_text_atomic
 from mentor_agents.prefix_sharing import SharedPrefixGRPOTrainer, SharedPrefixSFTTrainer
 from mentor_agents.references import RewardReference, build_references
-from mentor_agents.rewards import REWARD_NAMES, RewardResult, TeacherGuidedReward
+from mentor_agents.rewards import REWARD_NAMES, Reward, RewardResult
 from mentor_agents.rollouts import Rollout, ScoredRollout
 from mentor_agents.chat_templates import training_chat_template
 from mentor_agents.student import load_student
@@ -168,8 +168,8 @@ class TrainConfig:
                              f"{self.num_generations}")
 
     @property
-    def reward_fn(self) -> TeacherGuidedReward:
-        return TeacherGuidedReward(
+    def reward_fn(self) -> Reward:
+        return Reward(
             name="sparse" if grpo_stage(self.method) == "sparse" else self.reward,
             argument_weight=self.argument_weight, order_weight=self.order_weight,
             efficiency_weight=self.efficiency_weight, max_calls_factor=self.max_calls_factor,
@@ -337,7 +337,7 @@ def rollout_metrics(rollouts: Sequence[Rollout]) -> dict[str, float]:
 
 
 def score_rollouts(rollouts: Sequence[Rollout], references: Sequence[RewardReference],
-                   reward: TeacherGuidedReward) -> tuple[list[RewardResult], dict[str, float]]:
+                   reward: Reward) -> tuple[list[RewardResult], dict[str, float]]:
     """Rewards of ``rollouts`` against their references, and the mean of each breakdown component."""
     results = [reward(r, ref) for r, ref in zip(rollouts, references, strict=True)]
     names = sorted({k for res in results for k in res.breakdown if k != "gate"})
@@ -410,7 +410,7 @@ def _within_budget(rollout: Rollout, budget: int) -> Rollout:
     })
 
 
-def make_reward_func(reward: TeacherGuidedReward, references: Sequence[RewardReference],
+def make_reward_func(reward: Reward, references: Sequence[RewardReference],
                      rollout_log: Path | None = None):
     """The TRL reward function: scores each rollout against the reference of its dataset row (the in-memory one,
     which keeps a callable verifier), logs the reward breakdown and rollout rates as step metrics, and appends each

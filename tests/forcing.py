@@ -4,7 +4,7 @@ calculator tasks it is forced on."""
 import torch
 from transformers import LogitsProcessor
 
-from mentor_agents.integrations.langgraph.calculator import make_tasks
+from mentor_agents.demo.calculator import make_tasks
 from mentor_agents.references import RewardReference
 
 CALLS = ['<tool_call>\n{"name": "add", "arguments": {"a": 3, "b": 2}}\n</tool_call>',

@@ -32,15 +32,16 @@ sys.path.insert(0, str(Path(__file__).parent))
 from langchain.agents import create_agent  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
-from mentor_agents import cli, training  # noqa: E402
-from mentor_agents.distill import DistillConfig, distill  # noqa: E402
-from mentor_agents.integrations.langgraph import record  # noqa: E402
-from mentor_agents.integrations.langgraph.calculator import (  # noqa: E402
+from mentor_agents import training  # noqa: E402
+from mentor_agents.app import cli  # noqa: E402
+from mentor_agents.demo.calculator import (  # noqa: E402
     TOOLS,
     ScriptedCalculatorTeacher,
     build_agent,
     make_tasks,
 )
+from mentor_agents.distill import DistillConfig, distill  # noqa: E402
+from mentor_agents.integrations.langgraph import record  # noqa: E402
 from mentor_agents.integrations.langgraph.rollouts import graph_rollout_fn  # noqa: E402
 from mentor_agents.from_scratch import make_tiny_student  # noqa: E402
 from mentor_agents.traces import TraceStore  # noqa: E402

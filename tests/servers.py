@@ -20,8 +20,8 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def mentor_process(args: list[str], port: int, env: dict[str, str]) -> Iterator[subprocess.Popen]:
-    """``python -m mentor_agents.cli *args`` once it answers ``/health`` on ``port``; terminated on exit."""
-    process = subprocess.Popen([sys.executable, "-m", "mentor_agents.cli", *args], env=env, stdout=subprocess.PIPE,
+    """``python -m mentor_agents.app.cli *args`` once it answers ``/health`` on ``port``; terminated on exit."""
+    process = subprocess.Popen([sys.executable, "-m", "mentor_agents.app.cli", *args], env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
     try:
         for _ in range(600):

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from mentor_agents.references import RewardReference, build_references, load_references
 from mentor_agents.toolcalls import ParsedMessage, parse_tool_calls
-from mentor_agents.traces import Trace, TraceFileError, TraceStore
+from mentor_agents.traces import RecordFileError, Trace, TraceStore
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
@@ -31,7 +31,7 @@ def test_trace_loader_on_arbitrary_bytes(tmp_path, data):
     store = TraceStore(path)
     try:
         traces = store.read()
-    except TraceFileError as e:
+    except RecordFileError as e:
         assert str(path) in str(e) and e.line >= 1 and e.field
     else:
         assert all(isinstance(t, Trace) for t in traces)
@@ -51,7 +51,7 @@ def test_trace_loader_and_reference_builder_on_arbitrary_json(tmp_path, records)
     ref_path.write_text("".join(json.dumps(r) + "\n" for r in records))
     try:
         load_references(ref_path)
-    except TraceFileError as e:
+    except RecordFileError as e:
         assert str(ref_path) in str(e)
 
 

@@ -3,7 +3,7 @@
 import pytest
 from langchain_core.messages import HumanMessage, ToolMessage
 
-from mentor_agents.integrations.langgraph.calculator import (
+from mentor_agents.demo.calculator import (
     SYSTEM_PROMPT,
     TOOLS,
     ScriptedCalculatorTeacher,

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from mentor_agents.cli import main
+from mentor_agents.app.cli import main
 
 torch.set_num_threads(1)
 
@@ -90,13 +90,31 @@ def bad_inputs(tmp_path_factory):
     (["proxy", "--upstream", "http://127.0.0.1:9/v1", "--store", "{tmp}/t.jsonl", "--port", "0"], "--port 0"),
 ])
 def test_bad_arguments_exit_with_one_line(bad_inputs, argv, message):
-    argv = [a.replace("{tmp}", str(bad_inputs)) for a in argv]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(bad_inputs), os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run([sys.executable, "-m", "mentor_agents.cli", *argv], capture_output=True, text=True,
-                            timeout=120, env=env)
+    result = run_cli([a.replace("{tmp}", str(bad_inputs)) for a in argv], str(bad_inputs))
     assert result.returncode != 0
     assert message in result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def run_cli(args: list[str], extra_path: str, **env: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([extra_path, os.environ.get("PYTHONPATH", "")]), **env}
+    return subprocess.run([sys.executable, "-m", "mentor_agents.app.cli", *args], capture_output=True, text=True,
+                          timeout=120, env=env)
+
+
+def test_debug_shows_the_traceback_of_a_mentor_error(bad_inputs):
+    args = ["record", "calculator", "--run-dir", str(bad_inputs / "a-file")]
+    for result in (run_cli(["--debug", *args], str(bad_inputs)), run_cli(args, str(bad_inputs), MENTOR_DEBUG="1")):
+        assert result.returncode == 1
+        assert "Traceback" in result.stderr and "InvalidInputError: run directory" in result.stderr
+
+
+def test_unexpected_errors_keep_their_traceback(tmp_path):
+    """An error that is not mentor_agents' own (here: the user's graph factory fails) is not cut to one line."""
+    (tmp_path / "agent_factory_fails.py").write_text("def graph():\n    raise ValueError('bug in the factory')\n")
+    result = run_cli(["record", "agent_factory_fails:graph", "--run-dir", str(tmp_path / "r")], str(tmp_path))
+    assert result.returncode == 1
+    assert "Traceback" in result.stderr and "ValueError: bug in the factory" in result.stderr
 
 
 def test_a_run_directory_works_after_a_move_and_from_another_directory(tmp_path, monkeypatch, capsys):
@@ -117,10 +135,10 @@ def test_a_run_directory_works_after_a_move_and_from_another_directory(tmp_path,
 
 
 def test_usage_errors_come_from_argparse():
-    result = subprocess.run([sys.executable, "-m", "mentor_agents.cli", "train", "calculator"], capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "mentor_agents.app.cli", "train", "calculator"], capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 2 and "--run-dir" in result.stderr
-    help_text = subprocess.run([sys.executable, "-m", "mentor_agents.cli", "--help"], capture_output=True, text=True,
+    help_text = subprocess.run([sys.executable, "-m", "mentor_agents.app.cli", "--help"], capture_output=True, text=True,
                                timeout=60).stdout
     for command in ("demo", "record", "train", "eval", "report", "serve", "proxy"):
         assert command in help_text

@@ -5,7 +5,7 @@ import json
 
 import torch
 
-from mentor_agents.integrations.langgraph.demo import run_demo
+from mentor_agents.demo.run import run_demo
 
 torch.set_num_threads(1)
 

@@ -7,8 +7,8 @@ from dataclasses import replace
 import pytest
 import torch
 
+from mentor_agents.demo.calculator import ScriptedCalculatorTeacher, build_agent, make_tasks
 from mentor_agents.distill import DistillConfig, distill
-from mentor_agents.integrations.langgraph.calculator import ScriptedCalculatorTeacher, build_agent, make_tasks
 from mentor_agents.integrations.openai.server import create_app, running_server
 from mentor_agents.integrations.openai.teacher import OpenAITeacher
 from mentor_agents.references import load_references

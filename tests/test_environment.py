@@ -14,19 +14,19 @@ from transformers import LogitsProcessorList
 
 from forcing import ForceText
 from mentor_agents import Environment
+from mentor_agents.demo import calculator, inventory
+from mentor_agents.demo.scripted import ScriptedTeacher
 from mentor_agents.distill import DistillConfig, RunState, evaluate_models, prepare_tasks
 from mentor_agents.evaluation import comparison_table, evaluate_traces
 from mentor_agents.integrations.langgraph import record
-from mentor_agents.integrations.langgraph import calculator, inventory
 from mentor_agents.integrations.langgraph.adapter import LangGraphAdapter
 from mentor_agents.integrations.langgraph.rollouts import run_rollouts
-from mentor_agents.integrations.langgraph.scripted import ScriptedTeacher
 from mentor_agents.references import build_references, load_references, save_references
-from mentor_agents.rewards import TeacherGuidedReward
+from mentor_agents.rewards import Reward
 from mentor_agents.rollouts import Rollout
 from mentor_agents.student import student_name
 from mentor_agents.tasks import Task, task_from_dict, task_to_dict
-from mentor_agents.traces import TraceFileError, TraceStore
+from mentor_agents.traces import RecordFileError, TraceStore
 from mentor_agents.training import TrainConfig, conversation
 
 torch.set_num_threads(1)
@@ -56,7 +56,7 @@ def test_teacher_trace_scored_as_a_rollout_reaches_the_maximum_with_a_callable_v
     with pytest.raises(ValueError, match="custom"):  # never a silent exact match
         build_references(traces)
     references = build_references(traces, verifiers={t.id: t.verifier for t in tasks})
-    reward = TeacherGuidedReward("mentor")
+    reward = Reward("mentor")
     for trace, reference in zip(traces, references):
         assert reference.verifier is says_the_number
         rollout = Rollout.from_messages(conversation(trace), task_id=trace.task_id)
@@ -73,7 +73,7 @@ def test_references_with_a_callable_verifier_are_stored_as_custom_and_need_it_ba
     path = tmp_path / "references.jsonl"
     save_references(references, path)
     assert {json.loads(line)["verifier"] for line in path.read_text().splitlines()} == {"custom"}
-    with pytest.raises(TraceFileError, match="inventory-write-0-0.*custom"):
+    with pytest.raises(RecordFileError, match="inventory-write-0-0.*custom"):
         load_references(path)
     loaded = load_references(path, verifiers={t.id: t.verifier for t in tasks})
     assert [r.verifier for r in loaded] == [inventory.order_placed] * 2
@@ -128,7 +128,7 @@ def test_eight_concurrent_rollouts_each_see_their_own_database(db, tmp_path, tin
     assert [r.final_answer for r in rollouts] == ["Placed. Answer: 21"] * 8
     assert [r.correct for r in rollouts] == [True] * 8
     assert len({state for state, _ in seen}) == 8 and all(orders == [(21,)] for _, orders in seen)
-    assert all(TeacherGuidedReward("mentor")(r, reference).value == pytest.approx(1.1) for r in rollouts)
+    assert all(Reward("mentor")(r, reference).value == pytest.approx(1.1) for r in rollouts)
 
     # One database shared by the eight rollouts: eight orders in it, and the verifier says so.
     shared = inventory.environment(inventory.ScriptedInventoryTeacher(), db)()

@@ -21,14 +21,14 @@ from langchain.agents import create_agent
 from langchain_core.messages import ToolMessage
 from langchain_core.tools import tool
 
+from mentor_agents.demo.calculator import ScriptedCalculatorTeacher, build_agent
 from mentor_agents.distill import RunState, distill, write_json_atomic
 from mentor_agents.files import save_dir_atomically, write_text_atomic
 from mentor_agents.integrations.langgraph import record, with_tool_timeout
-from mentor_agents.integrations.langgraph.calculator import ScriptedCalculatorTeacher, build_agent
 from mentor_agents.integrations.openai.teacher import OpenAITeacher
 from mentor_agents.references import build_references, load_references, save_references
 from mentor_agents.tasks import NumericMatch, Task, read_tasks, write_tasks
-from mentor_agents.traces import ModelStep, TraceFileError, TraceStore
+from mentor_agents.traces import ModelStep, RecordFileError, TraceStore
 
 CALLS = {"add": 0}
 RELEASE = threading.Event()
@@ -216,9 +216,9 @@ def test_distill_on_traces_of_another_schema_version_says_so(tmp_path):
     record(build_agent(ScriptedCalculatorTeacher()), [task], tmp_path / "traces.jsonl", progress=False)
     line = json.loads((tmp_path / "traces.jsonl").read_text())
     (tmp_path / "traces.jsonl").write_text(json.dumps({**line, "schema_version": 2}) + "\n")
-    with pytest.raises(TraceFileError, match=r"traces.jsonl:1: field 'schema_version': written with schema version 2"):
+    with pytest.raises(RecordFileError, match=r"traces.jsonl:1: field 'schema_version': written with schema version 2"):
         distill(build_agent(ScriptedCalculatorTeacher()), [task], eval_tasks=[task], student="tiny", run_dir=tmp_path)
-    with pytest.raises(TraceFileError, match="schema version 2"):  # skipping invalid lines never hides a version
+    with pytest.raises(RecordFileError, match="schema version 2"):  # skipping invalid lines never hides a version
         TraceStore(tmp_path / "traces.jsonl").read(skip_invalid=True)
 
 

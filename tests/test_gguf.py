@@ -213,7 +213,7 @@ def test_q4_k_m_is_llama_cpps_quantization_and_keeps_the_template(trained, tmp_p
 def test_mentor_export_finds_the_student_of_a_run_directory(trained, tmp_path, capsys):
     import shutil
 
-    from mentor_agents.cli import main
+    from mentor_agents.app.cli import main
 
     out, _ = trained
     shutil.copytree(out["f16"] / "merged", tmp_path / "run" / "students" / "sft_mentor" / "merged")

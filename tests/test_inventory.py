@@ -13,7 +13,7 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
 from mentor_agents.integrations.langgraph import record
-from mentor_agents.integrations.langgraph.inventory import (
+from mentor_agents.demo.inventory import (
     SYSTEM_PROMPT, TOOLS, ScriptedInventoryTeacher, build_agent, create_db, make_tasks,
 )
 from mentor_agents.tasks import NumericMatch

@@ -16,7 +16,7 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from langchain_openai import ChatOpenAI
 
-from mentor_agents.integrations.langgraph.calculator import ScriptedCalculatorTeacher, build_agent, make_tasks
+from mentor_agents.demo.calculator import ScriptedCalculatorTeacher, build_agent, make_tasks
 from mentor_agents.integrations.openai.server import create_app, running_server
 
 MODEL = "test-model"

@@ -13,7 +13,7 @@ from langchain_openai import ChatOpenAI
 
 from text_calls import TextToolCallingModel
 
-from mentor_agents.integrations.langgraph.calculator import ScriptedCalculatorTeacher, build_agent, make_tasks
+from mentor_agents.demo.calculator import ScriptedCalculatorTeacher, build_agent, make_tasks
 from mentor_agents.integrations.langgraph.recording import record
 from mentor_agents.integrations.openai.server import create_app, running_server
 from mentor_agents.integrations.openai.teacher import LenientChatOpenAI, OpenAITeacher, promote_text_calls
@@ -118,7 +118,7 @@ def test_promote_text_calls_unit():
 def test_lenient_invoke_and_ainvoke(tmp_path):
     with running_server(create_app(TextToolCallingModel(), "text-teacher")) as url:
         model = OpenAITeacher(base_url=url, model="text-teacher", api_key=KEY, lenient=True).chat_model()
-        from mentor_agents.integrations.langgraph.calculator import TOOLS
+        from mentor_agents.demo.calculator import TOOLS
         bound = model.bind_tools(TOOLS)
         for message in (bound.invoke([HumanMessage("What is 2 times 3?")]),
                         asyncio.run(bound.ainvoke([HumanMessage("What is 2 times 3?")])),

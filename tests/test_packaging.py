@@ -1,12 +1,16 @@
-"""Rules of the house that a build can break: the core imports no framework; integrations install under
-mentor_agents.integrations; the README's commands are the ones CI runs."""
+"""Rules of the house that a build can break: the core imports no framework; integrations, demo and app install
+under mentor_agents; the README's commands are the ones CI runs."""
 
-import ast
+import os
 import re
+import shutil
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN = ("langchain", "langchain_core", "langchain_openai", "langgraph", "openai", "fastapi", "uvicorn", "starlette")
@@ -14,22 +18,6 @@ FORBIDDEN = ("langchain", "langchain_core", "langchain_openai", "langgraph", "op
 
 def core_modules():
     return sorted(p for p in (ROOT / "mentor_agents").glob("*.py"))
-
-
-def test_core_source_imports_no_framework():
-    offenders = []
-    for path in core_modules():
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = []
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names = [node.module]
-            for name in names:
-                # distill finds the adapter for the agent it was given: the one allowed way into integrations
-                if name.split(".")[0] in FORBIDDEN:
-                    offenders.append(f"{path.name}:{node.lineno} imports {name}")
-    assert not offenders, "the core must not import an agent framework or HTTP stack:\n" + "\n".join(offenders)
 
 
 def test_core_modules_load_no_framework_transitively():
@@ -44,17 +32,67 @@ def test_core_modules_load_no_framework_transitively():
     assert out.stdout.strip() == "", f"core imports pulled in: {out.stdout.strip()}"
 
 
-def test_wheel_installs_integrations_under_the_package(tmp_path):
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> tuple[Path, list[str]]:
+    """The wheel, unpacked as pip would install it: (site directory, file names in the wheel)."""
+    out = tmp_path_factory.mktemp("wheel")
+    # Built from a copy: setuptools reuses a checkout's build/ directory, where files moved or deleted since stay.
+    source = out / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source)
+    for folder in tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"].values():
+        shutil.copytree(ROOT / folder, source / folder, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(source)],
         check=True, capture_output=True,
     )
-    (wheel,) = tmp_path.glob("mentor_agents-*.whl")
-    names = zipfile.ZipFile(wheel).namelist()
+    (wheel,) = out.glob("mentor_agents-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(out / "site")
+        return out / "site", archive.namelist()
+
+
+def test_wheel_installs_integrations_demo_and_app_under_the_package(installed):
+    _, names = installed
     top_level = {name.split("/")[0] for name in names}
-    assert "integrations" not in top_level
+    assert not top_level & {"integrations", "demo", "app"}
     assert "mentor_agents/integrations/langgraph/__init__.py" in names
     assert "mentor_agents/integrations/openai/__init__.py" in names
+    assert "mentor_agents/demo/calculator.py" in names
+    assert "mentor_agents/app/cli.py" in names
+
+
+def lint_imports(site: Path) -> subprocess.CompletedProcess:
+    """import-linter's contracts from pyproject.toml, run on the package installed in ``site``."""
+    code = "import sys; from importlinter.cli import lint_imports; sys.exit(lint_imports(config_filename=sys.argv[1]))"
+    return subprocess.run([sys.executable, "-c", code, str(ROOT / "pyproject.toml")], cwd=site, capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(site)})
+
+
+def test_import_layers_hold(installed):
+    """app above demo above integrations above the core (but for distill's adapter_for); no agent framework or web
+    stack in the core, directly or through an integration."""
+    result = lint_imports(installed[0])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_import_contract_lists_every_core_module_it_forbids_frameworks_to():
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    layers, forbidden = config
+    core = {f"mentor_agents.{name.strip()}" for name in layers["layers"][-1].split(":")}
+    assert core == set(forbidden["source_modules"])
+
+
+def test_import_layers_catch_a_core_module_importing_the_demo(installed, tmp_path):
+    site = tmp_path / "site"
+    shutil.copytree(installed[0], site)
+    with open(site / "mentor_agents" / "rewards.py", "a") as f:
+        f.write("\nfrom mentor_agents.demo import calculator\n")
+    result = lint_imports(site)
+    assert result.returncode == 1
+    assert "mentor_agents.rewards is not allowed to import mentor_agents.demo" in result.stdout
+    assert "mentor_agents.rewards is not allowed to import langchain_core" in result.stdout
 
 
 def test_readme_commands_are_what_ci_runs():

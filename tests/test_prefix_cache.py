@@ -18,7 +18,7 @@ from transformers import LogitsProcessorList
 
 from forcing import CALLS, ToolTurnsThenModel, references
 from mentor_agents.integrations.langgraph import StudentChatModel, TokenRecorder
-from mentor_agents.integrations.langgraph.calculator import (
+from mentor_agents.demo.calculator import (
     SYSTEM_PROMPT,
     TOOLS,
     ScriptedCalculatorTeacher,

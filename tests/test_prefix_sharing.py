@@ -12,7 +12,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 from trl.trainer.utils import add_fused_lm_head
 
 import mentor_agents.prefix_sharing as prefix_sharing
-from mentor_agents.integrations.langgraph.calculator import ScriptedCalculatorTeacher
+from mentor_agents.demo.calculator import ScriptedCalculatorTeacher
 from mentor_agents.integrations.langgraph.recording import record
 from mentor_agents.prefix_sharing import SharedPrefixGRPOTrainer, SharedPrefixSFTTrainer, add_shared_prefix_head
 from mentor_agents.references import build_references

@@ -18,7 +18,7 @@ from langchain_openai import ChatOpenAI
 from servers import free_port, mentor_process
 from text_calls import TextToolCallingModel
 
-from mentor_agents.integrations.langgraph.calculator import (
+from mentor_agents.demo.calculator import (
     ScriptedCalculatorTeacher,
     SYSTEM_PROMPT,
     build_agent,
@@ -208,7 +208,7 @@ def test_mentor_proxy_command(tmp_path, upstream):
     assert trace.task_input == task.input and task.verdict(trace.final_answer) == "correct"
     assert_no_secret(store)
 
-    missing = subprocess.run([sys.executable, "-m", "mentor_agents.cli", *args[:7], "--upstream-api-key-env",
+    missing = subprocess.run([sys.executable, "-m", "mentor_agents.app.cli", *args[:7], "--upstream-api-key-env",
                               "NOT_SET_ANYWHERE"], capture_output=True, text=True)
     assert missing.returncode != 0 and "NOT_SET_ANYWHERE" in missing.stderr
 
@@ -319,7 +319,7 @@ def test_a_store_that_cannot_be_written_is_refused_at_startup(tmp_path):
     for store in (tmp_path / "a-file" / "traces.jsonl", tmp_path):
         with pytest.raises(ValueError, match="cannot append"):
             create_proxy_app("http://127.0.0.1:9/v1", store)
-    done = subprocess.run([sys.executable, "-m", "mentor_agents.cli", "proxy", "--upstream", "http://127.0.0.1:9/v1",
+    done = subprocess.run([sys.executable, "-m", "mentor_agents.app.cli", "proxy", "--upstream", "http://127.0.0.1:9/v1",
                            "--store", str(tmp_path / "a-file" / "t.jsonl"), "--port", str(free_port())],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "cannot append" in done.stderr and "Traceback" not in done.stderr
@@ -329,7 +329,7 @@ def test_binding_beyond_loopback_needs_a_client_key(tmp_path, upstream):
     """Without an injected upstream key the proxy bound any address with no client authentication: an open relay
     whose callers add training traces (issue 15, case 12). The server's rule now holds: no key, loopback only."""
     assert not create_proxy_app(upstream, tmp_path / "t.jsonl").state.requires_api_key  # so serve() refuses it
-    refused = subprocess.run([sys.executable, "-m", "mentor_agents.cli", "proxy", "--upstream", upstream, "--store",
+    refused = subprocess.run([sys.executable, "-m", "mentor_agents.app.cli", "proxy", "--upstream", upstream, "--store",
                               str(tmp_path / "t.jsonl"), "--host", "0.0.0.0", "--port", str(free_port())],
                              capture_output=True, text=True, timeout=60)
     assert refused.returncode != 0 and "--api-key-env" in refused.stderr and "Traceback" not in refused.stderr

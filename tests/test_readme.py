@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mentor_agents.integrations.langgraph.calculator import TOOLS, ScriptedCalculatorTeacher
+from mentor_agents.demo.calculator import TOOLS, ScriptedCalculatorTeacher
 from mentor_agents.integrations.openai.server import create_app, running_server
 
 torch.set_num_threads(1)

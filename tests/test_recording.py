@@ -21,14 +21,14 @@ from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.prebuilt import ToolNode, tools_condition
 from pydantic import PrivateAttr
 
-from mentor_agents.integrations.langgraph import arecord, record, to_openai_messages
-from mentor_agents.integrations.langgraph.calculator import (
+from mentor_agents.demo.calculator import (
     SYSTEM_PROMPT,
     TOOLS,
     ScriptedCalculatorTeacher,
     build_agent,
     make_tasks,
 )
+from mentor_agents.integrations.langgraph import arecord, record, to_openai_messages
 from mentor_agents.references import build_references
 from mentor_agents.tasks import NumericMatch, Task
 from mentor_agents.traces import TraceStore
@@ -203,7 +203,7 @@ def test_resume_skips_recorded_runs_and_records_only_new_tasks(tmp_path):
 KILL_SCRIPT = """
 import sys, time
 from mentor_agents.integrations.langgraph import record
-from mentor_agents.integrations.langgraph.calculator import ScriptedCalculatorTeacher, build_agent, make_tasks
+from mentor_agents.demo.calculator import ScriptedCalculatorTeacher, build_agent, make_tasks
 
 class SlowTeacher(ScriptedCalculatorTeacher):
     def _generate(self, *args, **kwargs):

@@ -4,7 +4,7 @@ answer judge replaced by each case's verdict), data in ``tests/data/mentor-rewar
 Each case goes the trainer's way: the student's turns are generated text in its tool-call format (Hermes
 ``<tool_call>`` JSON, cut-off JSON for a malformed call), parsed by `turn_message` (what `StudentChatModel` returns,
 with the agent's 12 calculator tools offered), turned into a `Rollout` by `rollout_from_run`, and scored by
-`TeacherGuidedReward`. The answer gate reads our text answer where the reference reads ``\\boxed{}``.
+`Reward`. The answer gate reads our text answer where the reference reads ``\\boxed{}``.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from langchain_core.messages import BaseMessage, HumanMessage, ToolMessage
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from transformers import LogitsProcessorList
 
-from mentor_agents.integrations.langgraph.calculator import TOOLS, ScriptedCalculatorTeacher, build_agent
+from mentor_agents.demo.calculator import TOOLS, ScriptedCalculatorTeacher, build_agent
 from mentor_agents.integrations.langgraph.rollouts import run_rollouts
 from mentor_agents.integrations.langgraph.student_model import rollout_from_run, turn_message
 from mentor_agents.references import CallReference, RewardReference
-from mentor_agents.rewards import REWARD_NAMES, TeacherGuidedReward
+from mentor_agents.rewards import REWARD_NAMES, Reward
 from mentor_agents.rollouts import Rollout
 from mentor_agents.tasks import NumericMatch
 from mentor_agents.training import TrainConfig
@@ -97,7 +97,7 @@ def test_the_parse_path_sorts_every_call_as_the_case_says(rollouts):
 def test_every_case_scores_as_the_reference_code(name, rollouts):
     wrong = []
     for i, (case, rollout) in enumerate(zip(CASES, rollouts)):
-        result = TeacherGuidedReward(name=name, verify=verdict(case["correct"]))(rollout, reference_of(case))
+        result = Reward(name=name, verify=verdict(case["correct"]))(rollout, reference_of(case))
         if abs(result.value - case["reference_reward"][name]) > 1e-9:
             wrong.append(f"case {i}: ours {result.value} ({result.reason}), reference {case['reference_reward'][name]}")
     assert not wrong, f"{len(wrong)} of {len(CASES)} differ:\n" + "\n".join(wrong[:10])
@@ -122,7 +122,7 @@ def test_an_unknown_tool_costs_the_h_term_through_the_langgraph_agent(tiny):
     assert [(c.name, c.kind) for c in rollout.invalid_calls] == [("python", "unknown_tool")]
     assert {"role": "tool", "content": "8"}.items() <= next(m for m in rollout.messages if m.get("name") == "power").items()
     for name in REWARD_NAMES:
-        result = TeacherGuidedReward(name=name)(rollout, reference)
+        result = Reward(name=name)(rollout, reference)
         assert result.value == pytest.approx(case["reference_reward"][name], abs=1e-9), name
-    assert TeacherGuidedReward()(rollout, reference).reason == (
+    assert Reward()(rollout, reference).reason == (
         "correct; tool set matches teacher; called unknown tool python")

@@ -5,7 +5,7 @@ import pytest
 from mentor_agents.references import CallReference, RewardReference
 from mentor_agents.rewards import (
     REWARD_NAMES,
-    TeacherGuidedReward,
+    Reward,
     argument_match,
     efficiency,
     order_match,
@@ -114,7 +114,7 @@ def test_breakdown_names_the_terms():
 def test_correctness_falls_back_to_teacher_answer_and_custom_verifier():
     ref = reference(ground_truth=None)
     assert score("sparse", rollout(answer="it is 42"), ref).value == 1.0
-    exact = TeacherGuidedReward(name="sparse", verify=lambda answer, truth: answer == truth)
+    exact = Reward(name="sparse", verify=lambda answer, truth: answer == truth)
     assert exact(rollout(answer="it is 42"), ref).value == 0.1
     assert exact(rollout(answer="Answer: 42"), ref).value == 1.0
 
@@ -137,7 +137,7 @@ def test_argument_order_efficiency_terms():
     assert efficiency(spam, ref) == 0.25
     assert efficiency(Rollout(final_answer="x"), ref) == 0.0
 
-    extended = TeacherGuidedReward(argument_weight=0.5, order_weight=0.25, efficiency_weight=0.25)
+    extended = Reward(argument_weight=0.5, order_weight=0.25, efficiency_weight=0.25)
     assert extended(good, ref).value == pytest.approx(1.1 + 1.0)
     assert extended(reversed_, ref).value == pytest.approx(1.1 + 0.5 + 0.125 + 0.25)
     assert extended.max_value == pytest.approx(2.1)
@@ -145,9 +145,9 @@ def test_argument_order_efficiency_terms():
 
 def test_hack_guards():
     ref = reference()
-    guarded = TeacherGuidedReward(max_calls_factor=2.0, min_answer_chars=3)
+    guarded = Reward(max_calls_factor=2.0, min_answer_chars=3)
     spam = rollout(("add", "multiply") * 3)
-    assert TeacherGuidedReward()(spam, ref).value == 1.1
+    assert Reward()(spam, ref).value == 1.1
     result = guarded(spam, ref)
     assert result.value == 0.1 and result.breakdown["guard_tool_spam"] == 1.0
     assert guarded(rollout(("add", "multiply")), ref).value == 1.1
@@ -189,14 +189,14 @@ def test_reasons_say_which_gate_or_terms_decided():
     assert score("f1", rollout(("add",)), ref).reason == "correct; tool set F1 0.67 with teacher"
     assert score("no_match", rollout(()), ref).reason == "correct"
     assert score("mentor", rollout(()), ref).reason == "correct; student used no tools"
-    spam = TeacherGuidedReward(max_calls_factor=1.0)(rollout(("add", "multiply") * 2), ref)
+    spam = Reward(max_calls_factor=1.0)(rollout(("add", "multiply") * 2), ref)
     assert spam.reason == "correct; tool set matches teacher; tool spam (4 calls, teacher 2)"
-    assert TeacherGuidedReward(min_answer_chars=3)(rollout(answer="42"), ref).reason == "answer shorter than 3 characters"
+    assert Reward(min_answer_chars=3)(rollout(answer="42"), ref).reason == "answer shorter than 3 characters"
 
 
 def test_an_empty_answer_keeps_the_gate_whatever_the_verifier_says():
     for verdict in (None, True):
-        reward = TeacherGuidedReward(verify=lambda answer, truth: verdict)
+        reward = Reward(verify=lambda answer, truth: verdict)
         assert reward(rollout(("add", "multiply"), answer=""), reference()).value == 0.1
 
 
@@ -207,7 +207,7 @@ def test_extensions_and_guards_ignore_calls_to_tools_the_agent_lacks():
     with_unknown = rollout(("hack", "add", "hack", "multiply", "hack"))
     for term in (argument_match, order_match, efficiency):
         assert term(with_unknown, ref) == term(clean, ref) == 1.0, term.__name__
-    guarded = TeacherGuidedReward(argument_weight=1, order_weight=1, efficiency_weight=1, max_calls_factor=1.0)
+    guarded = Reward(argument_weight=1, order_weight=1, efficiency_weight=1, max_calls_factor=1.0)
     result = guarded(with_unknown, ref)
     assert result.breakdown["guard_tool_spam"] == 0.0
     assert result.value == pytest.approx(guarded(clean, ref).value - 0.1)  # only the H term sees the unknown calls

@@ -19,7 +19,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from mentor_agents.export import ModelCard, export_student
 from mentor_agents.integrations.langgraph import StudentChatModel
-from mentor_agents.integrations.langgraph.calculator import build_agent
+from mentor_agents.demo.calculator import build_agent
 from mentor_agents.integrations.openai.server import create_app, running_server
 from mentor_agents.chat_templates import stop_token_ids
 

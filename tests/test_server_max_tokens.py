@@ -4,7 +4,7 @@ import torch
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from openai import OpenAI
 
-from mentor_agents.integrations.langgraph.calculator import TOOLS
+from mentor_agents.demo.calculator import TOOLS
 from mentor_agents.integrations.langgraph.student_model import StudentChatModel
 from mentor_agents.integrations.openai.server import create_app, running_server
 from mentor_agents.student import tiny_student_dir

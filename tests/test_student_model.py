@@ -12,7 +12,7 @@ from forcing import ForceText
 from transformers import LogitsProcessorList
 
 from mentor_agents.integrations.langgraph import StudentChatModel, TokenRecorder, rollout_from_run, swap_model
-from mentor_agents.integrations.langgraph.calculator import SYSTEM_PROMPT, TOOLS, ScriptedCalculatorTeacher, build_agent
+from mentor_agents.demo.calculator import SYSTEM_PROMPT, TOOLS, ScriptedCalculatorTeacher, build_agent
 from mentor_agents.integrations.langgraph.student_model import openai_messages
 from mentor_agents.tokens import NotPrefixPreservingError, TokenRecord, stitch
 

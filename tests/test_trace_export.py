@@ -6,7 +6,7 @@ import json
 import torch
 from datasets import load_dataset
 
-from mentor_agents.cli import main
+from mentor_agents.app.cli import main
 from mentor_agents.trace_export import verified_traces
 
 torch.set_num_threads(1)

@@ -6,7 +6,7 @@ import pytest
 
 from mentor_agents.references import build_references, load_references, save_references, summarize
 from mentor_agents.tasks import NumericMatch
-from mentor_agents.traces import ToolStep, TraceFileError, TraceStore
+from mentor_agents.traces import RecordFileError, ToolStep, TraceStore
 from store_writers import append_many, make_trace
 
 
@@ -29,7 +29,7 @@ def test_corrupt_line_names_file_line_and_field(tmp_path):
     bad_field = json.loads(good)
     bad_field["steps"][1]["error"] = "not-a-bool"
     path.write_text("\n".join([good, "{not json", json.dumps(bad_field), json.dumps([1]), good]) + "\n")
-    with pytest.raises(TraceFileError) as err:
+    with pytest.raises(RecordFileError) as err:
         TraceStore(path).read()
     assert err.value.line == 2 and err.value.field == "<json>" and str(path) in str(err.value)
 
@@ -44,7 +44,7 @@ def test_schema_version_mismatch_is_named(tmp_path):
     data = json.loads(make_trace().model_dump_json())
     data["schema_version"] = 99
     path.write_text(json.dumps(data) + "\n")
-    with pytest.raises(TraceFileError, match="schema version 99"):
+    with pytest.raises(RecordFileError, match="schema version 99"):
         TraceStore(path).read()
 
 
@@ -53,7 +53,7 @@ def test_partial_tail_from_a_kill_is_set_aside(tmp_path):
     store.append(make_trace("t1"))
     with open(store.path, "a") as f:
         f.write(make_trace("t2").model_dump_json()[:50])  # a kill mid-write
-    with pytest.raises(TraceFileError):
+    with pytest.raises(RecordFileError):
         store.read()
     store.append(make_trace("t3"))
     assert [t.task_id for t in store.read()] == ["t1", "t3"]

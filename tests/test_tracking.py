@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-from mentor_agents.cli import main
+from mentor_agents.app.cli import main
 
 torch.set_num_threads(1)
 

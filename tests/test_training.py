@@ -21,7 +21,7 @@ import torch
 from langchain.agents import create_agent
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from mentor_agents.integrations.langgraph.calculator import TOOLS, ScriptedCalculatorTeacher, make_tasks
+from mentor_agents.demo.calculator import TOOLS, ScriptedCalculatorTeacher, make_tasks
 from mentor_agents.integrations.langgraph.recording import record
 from mentor_agents.integrations.langgraph.rollouts import graph_rollout_fn, run_rollouts
 from mentor_agents.references import build_references

@@ -6,7 +6,7 @@ import pytest
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from mentor_agents.cli import main
+from mentor_agents.app.cli import main
 from mentor_agents.export import ModelCard, export_student
 from mentor_agents.from_scratch import make_tiny_student
 from mentor_agents.vllm_check import check_vllm_adapter

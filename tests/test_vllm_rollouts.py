@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessorList
 
 from forcing import CALLS, ToolTurnsThenModel, references
-from mentor_agents.integrations.langgraph.calculator import ScriptedCalculatorTeacher, build_agent
+from mentor_agents.demo.calculator import ScriptedCalculatorTeacher, build_agent
 from mentor_agents.integrations.langgraph.rollouts import graph_rollout_fn, run_rollouts
 from mentor_agents.integrations.openai.server import running_server
 from mentor_agents.chat_templates import stop_token_ids

@@ -13,6 +13,7 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from langgraph.prebuilt import ToolNode
 
 from mentor_agents.environment import Environment, EnvironmentFactory, map_agent
+from mentor_agents.errors import InvalidInputError, StageError
 from mentor_agents.integrations.langgraph.recording import record
 from mentor_agents.integrations.langgraph.rollouts import graph_rollout_fn
 from mentor_agents.integrations.langgraph.student_model import StudentChatModel, _Swapper, swap_model
@@ -100,7 +101,7 @@ class LangGraphAdapter:
         """
         writer = model or (self.chat_models[0] if self.chat_models else None)
         if writer is None:
-            raise ValueError("the agent has no chat model to write tasks with; pass tasks or a teacher")
+            raise InvalidInputError("the agent has no chat model to write tasks with; pass tasks or a teacher")
         tools = "\n".join(
             f"- {t['function']['name']}({', '.join(t['function'].get('parameters', {}).get('properties', {}))}): "
             f"{t['function'].get('description', '')}" for t in self.tools
@@ -128,7 +129,7 @@ class LangGraphAdapter:
             if len(seen) >= n:
                 break
         if not seen:
-            raise RuntimeError(f"the teacher wrote no parseable requests; its last reply was: {reply.content!r:.300}")
+            raise StageError(f"the teacher wrote no parseable requests; its last reply was: {reply.content!r:.300}")
         return list(seen.values())[:n]
 
     def rollout_fn(self) -> RolloutFn:
@@ -139,8 +140,4 @@ class LangGraphAdapter:
 
     def swap(self, chat_model: BaseChatModel, graph: Any = None) -> Any:
         return swap_model(graph if graph is not None else self.agent, chat_model)
-
-    def describe(self) -> dict[str, Any]:
-        return {"system_prompt": self.system_prompt, "tools": [t["function"]["name"] for t in self.tools],
-                "models": [type(m).__name__ for m in self.chat_models]}
 

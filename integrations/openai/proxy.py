@@ -57,6 +57,7 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from mentor_agents.errors import InvalidInputError
 from mentor_agents.messages import Message, ToolCall, content_text, decode_arguments, tool_names
 from mentor_agents.toolcalls import parse_tool_calls
 from mentor_agents.traces import ModelStep, ToolStep, Trace, TraceStore, Usage
@@ -257,7 +258,7 @@ def check_writable(store: TraceStore) -> None:
         store.path.parent.mkdir(parents=True, exist_ok=True)
         open(store.path, "ab").close()
     except OSError as e:
-        raise ValueError(f"trace store {store.path}: cannot append there ({e.strerror or e})") from None
+        raise InvalidInputError(f"trace store {store.path}: cannot append there ({e.strerror or e})") from None
 
 
 def create_proxy_app(upstream: str, store: TraceStore | str | os.PathLike[str], *, lenient: bool = False,

@@ -45,6 +45,7 @@ from langchain_core.messages import (
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from mentor_agents.distill import DistilledStudent
 from mentor_agents.messages import ArgumentsError, content_text, decode_arguments
 from mentor_agents.toolcalls import new_call_id
 
@@ -594,3 +595,10 @@ def serve(app: FastAPI, host: str = "127.0.0.1", port: int = 8000) -> None:
             "or --api-key-env for `mentor serve`)"
         )
     uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+def serve_student(student: DistilledStudent, host: str = "127.0.0.1", port: int = 8000,
+                  api_key: str | None = None) -> None:
+    """Serve what `distill` returned as an OpenAI-compatible endpoint (model id ``mentor/<method>``) until
+    interrupted; a saved student is served by ``mentor serve DIR``."""
+    serve(create_app(student.as_chat_model(), f"mentor/{student.method}", api_key=api_key), host=host, port=port)

@@ -22,6 +22,7 @@ from langchain_core.messages import AIMessage
 from langchain_core.outputs import ChatResult
 from langchain_openai import ChatOpenAI
 
+from mentor_agents.errors import InvalidInputError
 from mentor_agents.messages import PARSED_FROM_TEXT, tool_names
 from mentor_agents.toolcalls import parse_tool_calls
 
@@ -93,10 +94,10 @@ class OpenAITeacher:
         self.model = self.model or os.environ.get("MENTOR_TEACHER_MODEL")
         self.api_key = self.api_key or os.environ.get("OPENAI_API_KEY")
         if not self.model:
-            raise ValueError("OpenAITeacher needs a model name: pass model=... or set MENTOR_TEACHER_MODEL")
+            raise InvalidInputError("OpenAITeacher needs a model name: pass model=... or set MENTOR_TEACHER_MODEL")
         if not self.api_key:
-            raise ValueError("OpenAITeacher needs an API key: pass api_key=... or set OPENAI_API_KEY "
-                             "(any non-empty string for a local server)")
+            raise InvalidInputError("OpenAITeacher needs an API key: pass api_key=... or set OPENAI_API_KEY "
+                                    "(any non-empty string for a local server)")
 
     def chat_model(self) -> BaseChatModel:
         """A `ChatOpenAI` (or `LenientChatOpenAI` with ``lenient=True``) for this endpoint."""

@@ -1,7 +1,7 @@
 """`mentor demo`: distill the calculator agent into a tiny from-scratch student on a CPU, in minutes, offline.
 
 ```python
-from mentor_agents.integrations.langgraph.demo import run_demo
+from mentor_agents.demo.run import run_demo
 
 student = run_demo("runs/demo")          # scripted teacher, no network, no API key
 print(student.report)
@@ -20,8 +20,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from mentor_agents.demo.calculator import ScriptedCalculatorTeacher, build_agent, make_tasks
 from mentor_agents.distill import DistillConfig, DistilledStudent, distill
-from mentor_agents.integrations.langgraph.calculator import ScriptedCalculatorTeacher, build_agent, make_tasks
 from mentor_agents.from_scratch import FITTED_FULL_MODULES, FittedStudentConfig
 from mentor_agents.training import TrainConfig
 

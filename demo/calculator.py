@@ -22,7 +22,7 @@ from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.prebuilt import ToolNode, tools_condition
 
-from mentor_agents.integrations.langgraph.scripted import ScriptedTeacher
+from mentor_agents.demo.scripted import ScriptedTeacher
 from mentor_agents.tasks import NumericMatch, Task
 
 # ----------------------------------------------------------------------------------------------------------- tools

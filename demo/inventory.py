@@ -34,8 +34,8 @@ from langchain_core.tools import BaseTool, ToolException, tool
 from langgraph.prebuilt import InjectedState
 from typing_extensions import NotRequired
 
+from mentor_agents.demo.scripted import ScriptedTeacher
 from mentor_agents.environment import Environment, EnvironmentFactory
-from mentor_agents.integrations.langgraph.scripted import ScriptedTeacher
 from mentor_agents.tasks import NumericMatch, Task, last_number
 
 # -------------------------------------------------------------------------------------------------------- database

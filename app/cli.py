@@ -9,6 +9,8 @@ import os
 import sys
 from typing import Callable, Sequence
 
+from mentor_agents.errors import InvalidInputError, MentorError
+
 
 def add_proxy(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -127,7 +129,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------------------- pipeline stages
 
-BUILTIN_AGENTS = {"calculator": "mentor_agents.integrations.langgraph.calculator"}
+BUILTIN_AGENTS = {"calculator": "mentor_agents.demo.calculator"}
 
 
 def add_agent_arguments(p: argparse.ArgumentParser) -> None:
@@ -414,7 +416,7 @@ def add_demo(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from mentor_agents.integrations.langgraph.demo import run_demo as demo
+    from mentor_agents.demo.run import run_demo as demo
 
     demo(run_dir=args.run_dir, teacher_base_url=args.teacher_base_url, teacher_model=args.teacher_model,
          seed=args.seed, quick=args.quick)
@@ -448,7 +450,7 @@ def run_export(args: argparse.Namespace) -> int:
     if args.vllm:
         check = check_vllm_adapter(find_student(args.path, args.method) / "adapter")
         if not check.ok:
-            raise ValueError("vLLM would refuse this adapter: " + "; ".join(check.problems))
+            raise InvalidInputError("vLLM would refuse this adapter: " + "; ".join(check.problems))
         print(check.command)
     return 0
 
@@ -485,18 +487,27 @@ def build_parser() -> argparse.ArgumentParser:
                     "own agent: `mentor record`, `mentor train`, `mentor eval`, `mentor serve` (each reads and writes "
                     "one run directory, so each stage can be rerun alone).",
     )
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error instead of one line (or set MENTOR_DEBUG=1)")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in COMMANDS:
         add(subparsers)
     return parser
 
 
+USER_ERRORS = (MentorError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+"""What `main` prints as one line: mentor_agents' own errors and a path the user gave that cannot be used. Anything
+else is a bug and keeps its traceback."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (OSError, ValueError, RuntimeError, TypeError) as e:
-        print(f"mentor {args.command}: error: {e}", file=sys.stderr)
+    except USER_ERRORS as e:
+        if args.debug or os.environ.get("MENTOR_DEBUG"):
+            raise
+        print(f"mentor {args.command}: error: {e} (--debug shows the traceback)", file=sys.stderr)
         return 1
 
 
