@@ -36,7 +36,8 @@ from mentor_agents.integrations.langgraph.rollouts import graph_rollout_fn
 from mentor_agents.references import build_references, load_references, save_references
 from mentor_agents.student import load_student, make_tiny_student
 from mentor_agents.traces import TraceStore
-from mentor_agents.training import RolloutFn, TrainConfig, grpo, merge, sft
+from mentor_agents.rollouts import RolloutFn
+from mentor_agents.training import TrainConfig, grpo, merge, sft
 
 SYSTEM = "Use the tools."
 TOOL_NAMES = ("add", "multiply")

@@ -88,19 +88,21 @@ class FirstStep(TrainerCallback):
 
 
 def instrument_training(log: Path) -> None:
-    original = training._train
+    from mentor_agents.training import grpo, sft
 
-    def _train(trainer, out, resume):
+    original = sft.fit
+
+    def fit(trainer, out, resume):
         trainer.add_callback(FirstStep(log, out.name, training.last_checkpoint(out) if resume else None))
         return original(trainer, out, resume)
 
-    training._train = _train
+    sft.fit = grpo.fit = fit
 
 
 def setup(kind: str, work: Path) -> None:
     if kind in ("train", "distill"):
         make_tiny_student(work / "tiny", seed=0)
-        model, _ = training.load_student(work / "tiny")
+        model, _ = training.train.load_student(work / "tiny")
         with torch.no_grad():  # as in test_training: a wider init lets LoRA move the tiny model's outputs
             model.get_input_embeddings().weight.mul_(5)
         model.save_pretrained(work / "tiny")
