@@ -11,7 +11,7 @@ Read it top down: `train` (the entry point: a method's stages) -> `sft` and `grp
 `TrainConfig` and where each method trains.
 """
 
-from mentor_agents.training.checkpoints import Provenance, TrainResult, last_checkpoint, stage_info
+from mentor_agents.training.checkpoints import Provenance, TrainResult, last_checkpoint, provenance, stage_info
 from mentor_agents.training.config import (
     METHODS,
     SFT_FIRST,
@@ -31,6 +31,7 @@ from mentor_agents.training.train import load_trained, merge, train
 
 __all__ = [
     "METHODS", "SFT_FIRST", "GRPOSettings", "LoRASettings", "Method", "Provenance", "RunSettings", "SFTSettings",
-    "TrainConfig", "TrainResult", "conversation", "evaluate", "grpo", "grpo_stage", "last_checkpoint", "load_trained",
-    "merge", "method_dir", "rollout_metrics", "score_rollouts", "sft", "sft_dataset", "stage_info", "stages", "train",
+    "TrainConfig", "TrainResult", "conversation", "evaluate", "grpo", "grpo_stage", "last_checkpoint",
+    "load_trained", "merge", "method_dir", "provenance", "rollout_metrics", "score_rollouts", "sft", "sft_dataset",
+    "stage_info", "stages", "train",
 ]
