@@ -206,7 +206,7 @@ def test_turn_limit_cuts_rollouts_and_they_score_zero(student_dir, traces, workd
     references = build_references(traces)[:2]
     model, tokenizer = load_student(student_dir)
     cfg = config(workdir / "loop", max_turns=2)
-    rollouts = run_rollouts(agent(ScriptedCalculatorTeacher()), references, model, tokenizer, cfg,
+    rollouts = run_rollouts(agent(ScriptedCalculatorTeacher()), references, model, tokenizer, cfg.rollout,
                             logits_processor=looping)
     assert [r.finished for r in rollouts] == [False, False]
     assert [r.cut_by for r in rollouts] == ["turn_limit", "turn_limit"]
