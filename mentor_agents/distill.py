@@ -236,6 +236,7 @@ class Run:
         self.eval_references: dict[str, dict[str, RewardReference]] = {}
         """Per split, the references that `evaluate_split` scores against (from a ``reference=True`` model)."""
         self._base: tuple[Any, Any] | None = None
+        self._trained: dict[str, TrainResult] = {}
 
     # --- record
 
@@ -280,6 +281,8 @@ class Run:
         from mentor_agents.training import grpo, load_trained, method_dir, provenance, stages, train
 
         key = f"train:{name}"
+        if name in self._trained:
+            return self._trained[name]
         if key in self.state.done:
             info = self.state.info(key)
             model, tokenizer = load_trained(info["adapter_dir"], info["base_model"])
@@ -305,6 +308,7 @@ class Run:
         self.state.mark(key, adapter_dir=str(result.adapter_dir), base_model=result.base_model, method=config.method,
                         reward=None if config.method == "sft" else config.reward_fn.name,
                         metrics=str(stage / "metrics.jsonl"), cpu_s=time.process_time() - cpu)
+        self._trained[name] = result
         return result
 
     def sft_merged(self, config: TrainConfig) -> str:

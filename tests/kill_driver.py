@@ -42,7 +42,7 @@ from mentor_agents.integrations.langgraph.calculator import (  # noqa: E402
     make_tasks,
 )
 from mentor_agents.integrations.langgraph.rollouts import graph_rollout_fn  # noqa: E402
-from mentor_agents.student import make_tiny_student  # noqa: E402
+from mentor_agents.student import load_student, make_tiny_student  # noqa: E402
 from mentor_agents.traces import TraceStore  # noqa: E402
 
 
@@ -102,7 +102,7 @@ def instrument_training(log: Path) -> None:
 def setup(kind: str, work: Path) -> None:
     if kind in ("train", "distill"):
         make_tiny_student(work / "tiny", seed=0)
-        model, _ = training.train.load_student(work / "tiny")
+        model, _ = load_student(work / "tiny")
         with torch.no_grad():  # as in test_training: a wider init lets LoRA move the tiny model's outputs
             model.get_input_embeddings().weight.mul_(5)
         model.save_pretrained(work / "tiny")

@@ -14,7 +14,11 @@ from trl.trainer.utils import add_fused_lm_head
 import mentor_agents.training.prefix_sharing as prefix_sharing
 from mentor_agents.integrations.langgraph.calculator import ScriptedCalculatorTeacher
 from mentor_agents.integrations.langgraph.recording import record
-from mentor_agents.training.prefix_sharing import SharedPrefixGRPOTrainer, SharedPrefixSFTTrainer, add_shared_prefix_head
+from mentor_agents.training.prefix_sharing import (
+    SharedPrefixGRPOTrainer,
+    SharedPrefixSFTTrainer,
+    add_shared_prefix_head,
+)
 from mentor_agents.references import build_references
 from mentor_agents.student import load_student
 from mentor_agents.traces import TraceStore

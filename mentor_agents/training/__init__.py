@@ -6,7 +6,7 @@ result = train(config, "out/tiny-student", traces=traces, rollout_fn=graph_rollo
 result.adapter_dir, result.metrics[-1]["reward"]
 ```
 
-Read it top down: `train` (the entry point: a method's stages) -> `sft` and `grpo` (one TRL trainer each) ->
+Read it top down: `pipeline.train` (the entry point: a method's stages) -> `sft` and `grpo` (one TRL trainer each) ->
 `checkpoints` (resuming, and the finished stage: its adapter with ``train_config.json`` beside it). `config` holds
 `TrainConfig` and where each method trains.
 """
@@ -27,7 +27,7 @@ from mentor_agents.training.config import (
 )
 from mentor_agents.training.grpo import evaluate, grpo, rollout_metrics, score_rollouts
 from mentor_agents.training.sft import conversation, sft, sft_dataset
-from mentor_agents.training.train import load_trained, merge, train
+from mentor_agents.training.pipeline import load_trained, merge, train
 
 __all__ = [
     "METHODS", "SFT_FIRST", "GRPOSettings", "LoRASettings", "Method", "Provenance", "RunSettings", "SFTSettings",
