@@ -88,15 +88,15 @@ class FirstStep(TrainerCallback):
 
 
 def instrument_training(log: Path) -> None:
-    from mentor_agents.training import grpo, sft
+    from mentor_agents.training import grpo_trainer, sft_trainer
 
-    original = sft.fit
+    original = sft_trainer.fit
 
     def fit(trainer, out, resume):
         trainer.add_callback(FirstStep(log, out.name, training.last_checkpoint(out) if resume else None))
         return original(trainer, out, resume)
 
-    sft.fit = grpo.fit = fit
+    sft_trainer.fit = grpo_trainer.fit = fit
 
 
 def setup(kind: str, work: Path) -> None:

@@ -197,7 +197,7 @@ def test_sft_loss_and_gradients_equal_the_unshared_computation(student_dir, trac
                 self.control.should_training_stop = True
                 return loss
 
-        monkeypatch.setattr("mentor_agents.training.sft.SharedPrefixSFTTrainer", Capture)
+        monkeypatch.setattr("mentor_agents.training.sft_trainer.SharedPrefixSFTTrainer", Capture)
         sft(student_dir, None, traces, config(workdir / f"sft-{shared}", sft_steps=1, sft_batch_size=4,
                                               lora_dropout=0.0))
         results[shared] = captured

@@ -6,9 +6,9 @@ result = train(config, "out/tiny-student", traces=traces, rollout_fn=graph_rollo
 result.adapter_dir, result.metrics[-1]["reward"]
 ```
 
-Read it top down: `pipeline.train` (the entry point: a method's stages) -> `sft` and `grpo` (one TRL trainer each) ->
-`checkpoints` (resuming, and the finished stage: its adapter with ``train_config.json`` beside it). `config` holds
-`TrainConfig` and where each method trains.
+Read it top down: `pipeline.train` (the entry point: a method's stages) -> `sft_trainer.sft` and
+`grpo_trainer.grpo` (one TRL trainer each) -> `checkpoints` (resuming, and the finished stage: its adapter with
+``train_config.json`` beside it). `config` holds `TrainConfig` and where each method trains.
 """
 
 from mentor_agents.training.checkpoints import Provenance, TrainResult, last_checkpoint, provenance, stage_info
@@ -25,8 +25,8 @@ from mentor_agents.training.config import (
     method_dir,
     stages,
 )
-from mentor_agents.training.grpo import evaluate, grpo, rollout_metrics, score_rollouts
-from mentor_agents.training.sft import conversation, sft, sft_dataset
+from mentor_agents.training.grpo_trainer import evaluate, grpo, rollout_metrics, score_rollouts
+from mentor_agents.training.sft_trainer import conversation, sft, sft_dataset
 from mentor_agents.training.pipeline import load_trained, merge, train
 
 __all__ = [

@@ -20,8 +20,8 @@ from mentor_agents.student import load_student
 from mentor_agents.traces import Trace
 from mentor_agents.training.checkpoints import TrainResult, provenance
 from mentor_agents.training.config import SFT_FIRST, TrainConfig, stages
-from mentor_agents.training.grpo import grpo
-from mentor_agents.training.sft import sft
+from mentor_agents.training.grpo_trainer import grpo
+from mentor_agents.training.sft_trainer import sft
 
 
 def train(config: TrainConfig, model: str | os.PathLike[str] | PreTrainedModel,
