@@ -235,19 +235,18 @@ def add_record(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_record(args: argparse.Namespace) -> int:
-    from mentor_agents.distill import RunState, adapter_for, prepare_tasks, record_teacher
+    from mentor_agents.distill import Run, adapter_for, prepare_tasks
     from mentor_agents.references import summarize
 
     adapter = adapter_for(load_agent(args.agent))
     teacher = adapter.teacher_model(teacher_of(args))
-    config = distill_config(args)
-    run = RunState.open(args.run_dir)
-    splits = prepare_tasks(run, adapter, tasks_argument(args, "tasks", "train", 100),
+    run = Run(args.run_dir, adapter, student="tiny", config=distill_config(args))
+    splits = prepare_tasks(run.state, adapter, tasks_argument(args, "tasks", "train", 100),
                            args.traces, tasks_argument(args, "eval", "test", 30),
-                           tasks_argument(args, "ood", "ood", 20), teacher, config)
-    traces, references = record_teacher(run, adapter, splits, teacher, config, args.traces)
+                           tasks_argument(args, "ood", "ood", 20), teacher, run.config)
+    traces, references = run.record(teacher, splits, args.traces)
     print(summarize(traces))
-    print(f"\n{len(references)} reward references in {run.run / 'references.jsonl'}")
+    print(f"\n{len(references)} reward references in {run.dir / 'references.jsonl'}")
     return 0
 
 
@@ -283,29 +282,24 @@ def add_train(subparsers: argparse._SubParsersAction) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from mentor_agents.distill import DistillConfig, DistilledStudent, RunState, adapter_for, base_student, train_method
-    from mentor_agents.references import load_references
-    from mentor_agents.training import TrainConfig
+    from mentor_agents.distill import DistillConfig, DistilledStudent, Run, adapter_for
+    from mentor_agents.training import TrainConfig, method_dir
 
-    run = RunState.open(args.run_dir)
-    if "traces" not in run.done:
-        raise SystemExit(f"mentor train: {run.run} has no recorded traces; run `mentor record` first")
-    from mentor_agents.traces import TraceStore
-
-    traces = TraceStore(run.run / "traces.jsonl").read(skip_invalid=True)
-    references = load_references(run.run / "references.jsonl")
     overrides = {field: value for field, value in {
         "reward": args.reward, "steps": args.steps, "sft_steps": args.sft_steps, "lr": args.lr,
         "sft_lr": args.sft_lr, "num_generations": args.num_generations, "prompts_per_step": args.prompts_per_step,
         "save_steps": args.save_steps, "seed": args.seed, "report_to": args.report_to,
     }.items() if value is not None}
     adapter = adapter_for(load_agent(args.agent))
-    student = base_student(run, args.student, traces, DistillConfig(seed=args.seed))
-    result = train_method(run, args.method, replace(TrainConfig(), **overrides), student, traces, references,
-                          adapter)
+    run = Run(args.run_dir, adapter, args.student, DistillConfig(train=replace(TrainConfig(), **overrides)))
+    try:
+        run.load_recorded()
+    except RuntimeError as e:
+        raise SystemExit(f"mentor train: {e}") from None
+    result = run.train(args.method)
     student = DistilledStudent(model=result.model, tokenizer=result.tokenizer, base_model=result.base_model,
-                               method=args.method, run_dir=run.run, adapter=adapter)
-    out = student.save(run.run / "students" / args.method.replace("+", "_"))
+                               method=args.method, run_dir=run.dir, adapter=adapter, adapter_dir=result.adapter_dir)
+    out = student.save(run.dir / "students" / method_dir(args.method))
     print(f"trained {args.method}: adapter {result.adapter_dir}; saved to {out} (serve it with `mentor serve {out}`)")
     return 0
 
@@ -339,31 +333,23 @@ def run_eval(args: argparse.Namespace) -> int:
         return run_bfcl(args)
     if not args.agent or not args.run_dir:
         raise SystemExit("mentor eval: give AGENT and --run-dir (or --bfcl MODEL_DIR)")
-    from mentor_agents.distill import RunState, adapter_for, base_student, evaluate_models, read_metrics, write_report
-    from mentor_agents.references import load_references
-    from mentor_agents.student import load_student
-    from mentor_agents.traces import TraceStore
-    from mentor_agents.training import load_trained
+    from mentor_agents.distill import Run, adapter_for
 
-    run = RunState.open(args.run_dir)
-    if "tasks" not in run.done:
-        raise SystemExit(f"mentor eval: {run.run} has no tasks; run `mentor record` first")
     adapter = adapter_for(load_agent(args.agent))
-    traces = TraceStore(run.run / "traces.jsonl").read(skip_invalid=True)
-    config = distill_config(args)
-    untrained = base_student(run, args.student, traces, config)
+    run = Run(args.run_dir, adapter, args.student, distill_config(args))
+    if "tasks" not in run.state.done:
+        raise SystemExit(f"mentor eval: {run.dir} has no tasks; run `mentor record` first")
+    try:
+        run.load_recorded()
+    except RuntimeError as e:
+        raise SystemExit(f"mentor eval: {e}") from None
     models = {"teacher": adapter.teacher_model(teacher_of(args)),
-              "untrained student": adapter.student_model(*load_student(untrained))}
-    trained = {key.split(":", 1)[1]: run.info(key) for key in run.done if key.startswith("train:")}
-    for name, info in trained.items():
-        models[name] = adapter.student_model(*load_trained(info["adapter_dir"], info["base_model"]))
-    splits = run.load_tasks()
-    results = evaluate_models(run, adapter, splits, models, config)
-    training = {name: read_metrics(info["metrics"]) for name, info in trained.items()}
+              "untrained student": adapter.student_model(*run.base())}
+    trained = {key[len("train:"):]: run.train(key[len("train:"):]) for key in list(run.state.done)
+               if key.startswith("train:")}
+    models.update({name: adapter.student_model(r.model, r.tokenizer) for name, r in trained.items()})
     method = list(trained)[-1] if trained else "untrained student"
-    report = write_report(run, args.student, method, traces,
-                          load_references(run.run / "references.jsonl"), splits, results, training, config)
-    print(report)
+    print(run.report(method, run.evaluate(models), {name: r.metrics for name, r in trained.items()}))
     return 0
 
 

@@ -105,7 +105,7 @@ def calculator_data(work: Path, n: int):
 def run_variant(args) -> dict:
     from mentor_agents.demo.calculator import ScriptedCalculatorTeacher, build_agent
     from mentor_agents.integrations.langgraph.rollouts import graph_rollout_fn
-    from mentor_agents.prefix_sharing import SharedPrefixGRPOTrainer, SharedPrefixSFTTrainer
+    from mentor_agents.training.prefix_sharing import SharedPrefixGRPOTrainer, SharedPrefixSFTTrainer
     from mentor_agents.student import find_packaged_gguf, load_student
     from mentor_agents.training import TrainConfig, grpo, sft
 

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gc
 import hashlib
 import itertools
 import json
@@ -58,19 +57,17 @@ import torch
 from filelock import FileLock
 
 from mentor_agents.bfcl import evaluate_bfcl
-from mentor_agents.distill import DistillConfig, RunState, eval_traces, fitted_student, read_metrics, record_teacher
-from mentor_agents.distill import write_json_atomic
-from mentor_agents.evaluation import (Metrics, bootstrap_ci, evaluate_traces, paired_bootstrap, plot_success,
+from mentor_agents.distill import DistillConfig, Run, RunState, read_metrics, write_json_atomic
+from mentor_agents.evaluation import (Metrics, bootstrap_ci, paired_bootstrap, plot_success,
                                       save_figure)
 from mentor_agents.files import write_text_atomic
 from mentor_agents.demo import calculator, inventory
 from mentor_agents.integrations.langgraph.adapter import LangGraphAdapter
 from mentor_agents.integrations.openai.server import create_app, running_server
 from mentor_agents.integrations.openai.teacher import OpenAITeacher
-from mentor_agents.references import build_references, summarize
-from mentor_agents.chat_templates import CHATML_TOOLS_TEMPLATE, CHATML_TOOLS_TRAINING_TEMPLATE, hermes_response_template
-from mentor_agents.student import find_packaged_gguf, load_student
-from mentor_agents.training import TrainConfig, TrainResult, grpo_stage, load_trained, merge, train
+from mentor_agents.references import summarize
+from mentor_agents.student import find_packaged_gguf
+from mentor_agents.training import TrainConfig, method_dir
 
 OUT = Path(__file__).parent / "results" / "mentor_comparison"
 BFCL_SAMPLE = str(Path(__file__).parents[1] / "tests" / "data" / "bfcl-sample")
@@ -191,147 +188,105 @@ def make_splits(teacher: str, scale: Scale, seed: int) -> dict[str, list]:
 
 
 class Comparison:
-    """One (teacher, seed) run directory: tasks, teacher traces, trained methods and their evaluations."""
+    """One (teacher, seed) run directory (a `Run`): tasks, teacher traces, trained methods and their evaluations."""
 
     def __init__(self, out: Path, teacher_name: str, teacher_model: Any, seed: int, scale: Scale, recipe: Recipe,
                  bfcl_data: str | None = None):
         self.out, self.teacher_name, self.seed, self.scale = out, teacher_name, seed, scale
         self.bfcl_data = bfcl_data
-        self.run = RunState.open(out / "runs" / f"teacher{teacher_name}-seed{seed}")
         self.teacher = teacher_model
         # Runs are cut after max_turns model turns (two supersteps each), as in training.
         turns = {"recursion_limit": 2 * scale.max_turns}
-        self.adapter = LangGraphAdapter(
-            calculator.build_agent(calculator.ScriptedCalculatorTeacher()).with_config(turns))
+        student = "fitted" if scale.student == "tiny" else str(find_packaged_gguf("smollm2-135m-instruct"))
+        self.run = Run(out / "runs" / f"teacher{teacher_name}-seed{seed}", LangGraphAdapter(
+            calculator.build_agent(calculator.ScriptedCalculatorTeacher()).with_config(turns)), student,
+            DistillConfig(concurrency=4, timeout_s=600, seed=seed))
         # One database per run directory: two processes (seeds) never share one.
         self.inventory = LangGraphAdapter(inventory.build_agent(
-            inventory.ScriptedInventoryTeacher(), db_path=self.run.run / "inventory.sqlite").with_config(turns))
-        self.teacher_config = DistillConfig(concurrency=4, timeout_s=600, seed=seed)
+            inventory.ScriptedInventoryTeacher(), db_path=self.run.dir / "inventory.sqlite").with_config(turns))
         self.student_config = DistillConfig(concurrency=1, timeout_s=900, seed=seed)
         self.train_config = train_config(scale, recipe, seed)
-        write_json_atomic(self.run.run / "config.json", {"scale": asdict(scale), "recipe": asdict(recipe),
+        write_json_atomic(self.run.dir / "config.json", {"scale": asdict(scale), "recipe": asdict(recipe),
                                                          "train_config": asdict(self.train_config)})
 
     # --- stages
 
     def prepare(self) -> None:
-        if "tasks" not in self.run.done:
-            self.run.save_tasks(make_splits(self.teacher_name, self.scale, self.seed))
-        self.splits = self.run.load_tasks()
+        """Tasks, teacher traces and references, and the teachers' runs on every split (the eval references)."""
+        state = self.run.state
+        if "tasks" not in state.done:
+            state.save_tasks(make_splits(self.teacher_name, self.scale, self.seed))
         cpu = time.process_time()
-        self.traces, self.references = record_teacher(self.run, self.adapter, self.splits, self.teacher,
-                                                      self.teacher_config)
+        traces, references = self.run.record(self.teacher, state.load_tasks())
         # Teacher B sometimes describes a call in prose and still ends with the right number: not a run to imitate.
-        summary = summarize(self.traces)
-        self.traces = [t for t in self.traces if t.tool_calls]
-        self.references = [r for r in self.references if r.teacher_calls]
-        if "teacher:train" not in self.run.done:
-            self.run.mark("teacher:train", success=summary.success_rate, traces=summary.traces,
-                          references=len(self.references), verdicts=summary.verdicts,
-                          calls_per_task=summary.calls_per_task, parsed_from_text=summary.parsed_from_text,
-                          cpu_s=time.process_time() - cpu)
-        self.student = self.student_path()
-        self.eval_references: dict[str, dict] = {}
+        summary = summarize(traces)
+        self.run.traces = [t for t in traces if t.tool_calls]
+        self.run.references = [r for r in references if r.teacher_calls]
+        if "teacher:train" not in state.done:
+            state.mark("teacher:train", success=summary.success_rate, traces=summary.traces,
+                       references=len(self.run.references), verdicts=summary.verdicts,
+                       calls_per_task=summary.calls_per_task, parsed_from_text=summary.parsed_from_text,
+                       cpu_s=time.process_time() - cpu)
         for split in (*CALCULATOR_SPLITS, "dev", "inventory"):
-            adapter, model = (self.inventory, None) if split == "inventory" else (self.adapter, self.teacher)
             # The inventory references come from its own scripted expert (the calculator teacher has no such tools).
-            name = "inventory expert" if split == "inventory" else "teacher"
-            traces = eval_traces(self.run, adapter, name, split, self.splits, model, self.teacher_config)
-            self.eval_references[split] = {r.task_id: r for r in build_references(traces)}
-            self.mark_eval(name, split, traces)
-
-    def student_path(self) -> str:
-        if self.scale.student == "tiny":
-            return str(fitted_student(self.run.run / "student", self.traces, self.student_config))
-        return str(find_packaged_gguf("smollm2-135m-instruct"))
-
-    def mark_eval(self, model: str, split: str, traces: list, cpu_s: float = 0.0) -> Metrics:
-        metrics = evaluate_traces(traces, self.eval_references.get(split))
-        self.run.mark(f"eval:{model}:{split}", **metrics.as_dict(), cpu_s=cpu_s,
-                      outcomes={t.task_id: float(t.verdict == "correct") for t in traces})
-        return metrics
+            if split == "inventory":
+                self.run.evaluate_split("inventory expert", None, split, self.inventory, reference=True)
+            else:
+                self.run.evaluate_split("teacher", self.teacher, split, reference=True)
 
     def evaluate(self, name: str, model: Any, tokenizer: Any, splits: tuple[str, ...] = SPLITS) -> None:
         """``model`` in the calculator and inventory agents, and on BFCL through the `mentor serve` app."""
         model.eval()
         for split in splits:
-            if f"eval:{name}:{split}" in self.run.done:
+            if f"eval:{name}:{split}" in self.run.state.done:
                 continue
             cpu = time.process_time()
             if split in BFCL_SPLITS:
                 self.evaluate_bfcl(name, split, model, tokenizer)
             else:
-                adapter = self.inventory if split == "inventory" else self.adapter
+                adapter = self.inventory if split == "inventory" else self.run.adapter
                 chat = adapter.student_model(model, tokenizer, max_new_tokens=self.scale.max_new_tokens,
                                              model_name=f"student/{name}")
-                traces = eval_traces(self.run, adapter, name, split, self.splits, chat, self.student_config)
-                self.mark_eval(name, split, traces, cpu_s=time.process_time() - cpu)
-            info = self.run.info(f"eval:{name}:{split}")
-            log(f"[{self.run.run.name}] {name} on {split}: success {info['success']:.0%} ({info['tasks']} tasks, "
+                self.run.evaluate_split(name, chat, split, adapter, config=self.student_config)
+            info = self.run.state.info(f"eval:{name}:{split}")
+            log(f"[{self.run.dir.name}] {name} on {split}: success {info['success']:.0%} ({info['tasks']} tasks, "
                 f"{time.process_time() - cpu:.0f} CPU s)")
             write_outputs(self.out, plots=False)
 
     def evaluate_bfcl(self, name: str, category: str, model: Any, tokenizer: Any) -> None:
         cpu = time.process_time()
-        chat = self.adapter.student_model(model, tokenizer, max_new_tokens=self.scale.max_new_tokens,
-                                          model_name=f"student/{name}")
+        chat = self.run.adapter.student_model(model, tokenizer, max_new_tokens=self.scale.max_new_tokens,
+                                              model_name=f"student/{name}")
         with running_server(create_app(chat, f"student/{name}")) as url:
-            chat_fn = served_chat_fn(url, f"student/{name}", self.run.run / "bfcl" / f"{safe(name)}.jsonl")
+            chat_fn = served_chat_fn(url, f"student/{name}", self.run.dir / "bfcl" / f"{method_dir(name)}.jsonl")
             report = evaluate_bfcl(chat_fn, [category], self.scale.bfcl, seed=0, data_dir=self.bfcl_data)
         valid = [float(r.valid) for r in report.results]
-        self.run.mark(f"eval:{name}:{category}", tasks=len(valid), success=sum(valid) / max(1, len(valid)),
-                      success_ci=bootstrap_ci(valid), outcomes={r.id: float(r.valid) for r in report.results},
-                      calls_per_task=sum(len(r.calls) for r in report.results) / max(1, len(valid)),
-                      cpu_s=time.process_time() - cpu)
+        self.run.state.mark(f"eval:{name}:{category}", tasks=len(valid), success=sum(valid) / max(1, len(valid)),
+                            success_ci=bootstrap_ci(valid), outcomes={r.id: float(r.valid) for r in report.results},
+                            calls_per_task=sum(len(r.calls) for r in report.results) / max(1, len(valid)),
+                            cpu_s=time.process_time() - cpu)
 
-    def trained(self, key: str, config: TrainConfig, student: str) -> tuple[Any, Any]:
-        """Train (or resume, or load) one method into ``train/<key>/``; returns model and tokenizer."""
-        stage = f"train:{key}"
-        if stage in self.run.done:
-            info = self.run.info(stage)
-            model, tokenizer = load_trained(info["adapter_dir"], info["base_model"])
-            return model, trainable(tokenizer)
-        out = self.run.run / "train" / safe(key)
-        # An sft+* method is its GRPO stage here: ``student`` is already the merged SFT model of this seed.
-        run_config = replace(config, method=grpo_stage(config.method) if config.method != "sft" else "sft",
-                             output_dir=str(out), resume=True)
+    def train(self, key: str, config: TrainConfig) -> tuple[Any, Any]:
+        """Train (or resume, or load) one method into ``train/<key>/`` (`Run.train`); returns model and tokenizer."""
         cpu = time.process_time()
-        log(f"[{self.run.run.name}] training {key} ({config.method}, reward {config.reward_fn.name}, "
-            f"from {student})")
-        model, tokenizer = load(student)
-        result = train(run_config, model, tokenizer, traces=self.traces, references=self.references,
-                       rollout_fn=self.adapter.rollout_fn())
-        sub = "sft" if config.method == "sft" else grpo_stage(config.method)
-        self.run.mark(stage, adapter_dir=str(result.adapter_dir), base_model=result.base_model,
-                      method=config.method, reward=None if config.method == "sft" else config.reward_fn.name,
-                      metrics=str(out / sub / "metrics.jsonl"),
-                      cpu_s=time.process_time() - cpu)
-        log(f"[{self.run.run.name}] trained {key} in {time.process_time() - cpu:.0f} CPU s")
-        return result.model, trainable(result.tokenizer)
-
-    def sft_merged(self) -> str:
-        """This seed's SFT student merged into its base: the start of every ``sft+*`` method."""
-        out = self.run.run / "train" / "sft" / "merged"
-        if "merge:sft" not in self.run.done:
-            model, tokenizer = self.trained("sft", replace(self.train_config, method="sft"), self.student)
-            merge(TrainResult("sft", out.parent, out.parent, self.student, model, tokenizer), out)
-            self.run.mark("merge:sft", dir=str(out))
-        return str(out)
+        if f"train:{key}" not in self.run.state.done:
+            log(f"[{self.run.dir.name}] training {key} ({config.method}, reward {config.reward_fn.name})")
+        result = self.run.train(key, config)
+        log(f"[{self.run.dir.name}] {key} ready in {time.process_time() - cpu:.0f} CPU s")
+        return result.model, result.tokenizer
 
     def run_methods(self, methods: list[str]) -> None:
         self.prepare()
         for name in methods:
-            if all(f"eval:{name}:{s}" in self.run.done for s in SPLITS):
+            if all(f"eval:{name}:{s}" in self.run.state.done for s in SPLITS):
                 continue
             if name == "untrained":
-                model, tokenizer = load(self.student)
+                model, tokenizer = self.run.base()
             else:
                 config = replace(self.train_config, method="sft") if name == "sft" else \
                     method_config(name, self.train_config, self.scale)
-                start = self.student if name in ("sft", "mentor", "sparse") else self.sft_merged()
-                model, tokenizer = self.trained(name, config, start)
+                model, tokenizer = self.train(name, config)
             self.evaluate(name, model, tokenizer)
-            free(model)
             write_outputs(self.out)
 
     def sweep(self, grid: dict[str, tuple]) -> None:
@@ -341,13 +296,12 @@ class Comparison:
         for values in itertools.product(*(grid[k] for k in keys)):
             recipe = dict(zip(keys, values))
             name = "sweep/" + ",".join(f"{k}={v}" for k, v in recipe.items())
-            if f"eval:{name}:dev" in self.run.done:
+            if f"eval:{name}:dev" in self.run.state.done:
                 continue
-            config = replace(method_config("sft+mentor", self.train_config, self.scale), **recipe)
-            model, tokenizer = self.trained(name, config, self.sft_merged())
+            model, tokenizer = self.train(name, replace(method_config("sft+mentor", self.train_config, self.scale),
+                                                        **recipe))
             self.evaluate(name, model, tokenizer, splits=("dev",))
-            free(model)
-        write_sweep(self.out, self.run)
+        write_sweep(self.out, self.run.state)
 
 
 def served_chat_fn(url: str, model: str, cache_path: Path):
@@ -377,28 +331,6 @@ def served_chat_fn(url: str, model: str, cache_path: Path):
         return cache[key]
 
     return chat_fn
-
-
-def trainable(tokenizer: Any) -> Any:
-    """The student's tools template swapped for its training variant (same text, plus assistant-mask markers)."""
-    if tokenizer.chat_template in (CHATML_TOOLS_TEMPLATE, CHATML_TOOLS_TRAINING_TEMPLATE):
-        tokenizer.chat_template = CHATML_TOOLS_TRAINING_TEMPLATE
-        tokenizer.response_template = hermes_response_template("<|im_start|>assistant\n", "<|im_end|>")
-    return tokenizer
-
-
-def load(name: str) -> tuple[Any, Any]:
-    model, tokenizer = load_student(name)
-    return model, trainable(tokenizer)
-
-
-def free(model: Any) -> None:
-    del model
-    gc.collect()
-
-
-def safe(name: str) -> str:
-    return name.replace(" ", "_").replace("+", "_").replace("/", "_").replace(",", "_")
 
 
 def log(message: str) -> None:
@@ -520,7 +452,7 @@ def dynamics_rows(runs: dict[str, Any], teacher: str, out: Path, plots: bool) ->
                         f"{span('frac_reward_zero_std')} | {span('rollout/tool_call_rate')} | "
                         f"{span('rollout/with_invalid_call')} | {t['cpu_s'] / 3600:.2f} |")
             if plots:
-                plot_dynamics(curves, out / "plots" / f"dynamics-{name}-{safe(key)}.png",
+                plot_dynamics(curves, out / "plots" / f"dynamics-{name}-{method_dir(key)}.png",
                               f"{key} ({name})")
     return rows
 
@@ -603,8 +535,8 @@ def write_sweep(out: Path, run: RunState) -> None:
                           "reward_first5": mean5(rewards[:5]), "reward_last5": mean5(rewards[-5:]),
                           "frac_reward_zero_std": mean5(zero), "cpu_s": trained["cpu_s"] + info.get("cpu_s", 0.0)})
     cells.sort(key=lambda c: -c["dev_success"])
-    write_json_atomic(out / "sweep.json", {"run": run.run.name, "split": "dev", "cells": cells})
-    lines = [f"# Recipe sweep ({run.run.name}, `sft+mentor`, scored on the calculator dev split only)", "",
+    write_json_atomic(out / "sweep.json", {"run": run.dir.name, "split": "dev", "cells": cells})
+    lines = [f"# Recipe sweep ({run.dir.name}, `sft+mentor`, scored on the calculator dev split only)", "",
              "| recipe | dev success [95% CI] (n) | reward first 5 → last 5 | frac_reward_zero_std | CPU h |",
              "|---|---|---|---|---|"]
     lines += [f"| {c['recipe']} | {c['dev_success']:.0%} [{c['dev_ci'][0]:.0%}–{c['dev_ci'][1]:.0%}] "

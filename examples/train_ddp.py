@@ -37,7 +37,8 @@ from mentor_agents.references import build_references, load_references, save_ref
 from mentor_agents.from_scratch import make_tiny_student
 from mentor_agents.student import load_student
 from mentor_agents.traces import TraceStore
-from mentor_agents.training import RolloutFn, TrainConfig, grpo, merge, sft
+from mentor_agents.rollouts import RolloutFn
+from mentor_agents.training import TrainConfig, grpo, merge, sft
 
 SYSTEM = "Use the tools."
 TOOL_NAMES = ("add", "multiply")

@@ -1,24 +1,31 @@
 """`distill(agent, student=...)`: record the teacher, build references, train the student, evaluate, report.
 
-Every stage writes its files into the run directory and is skipped when they are already there, so calling
-`distill` again with the same ``run_dir`` resumes where the last call stopped:
+`distill` drives a `Run`, the run directory and its stages (`Run.record`, `Run.train`, `Run.evaluate`,
+`Run.report`), which `mentor record/train/eval` and examples/paper_comparison.py drive too; `Run.train` calls
+`mentor_agents.training`. Every stage writes its files into the run directory and is skipped when they are already
+there, so calling `distill` again with the same ``run_dir`` resumes where the last call stopped:
 
 ```
 run_dir/
+  state.json            finished stages (`RunState`)
   tasks.json            train / test / ood task splits (test and ood are never trained on)
   traces.jsonl          teacher traces on the train split
   references.jsonl      reward references (verified-correct traces)
-  train/<method>/       checkpoints, adapter, metrics.jsonl of each trained method
+  student/              the ``fitted`` student, when that is the student
+  train/<method>/<stage>/   checkpoints, metrics.jsonl, adapter/ and train_config.json of each trained method
+  train/sft/merged/     the SFT model merged into its base: where every sft+* method's GRPO starts
   eval/<model>-<split>.jsonl   runs of each model on each held-out split
-  metrics.json  report.md  reward_curve.png  success.png
+  metrics.json  report.md  run.json  reward_curve.png  success.png
 ```
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import random
+import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -31,6 +38,7 @@ from mentor_agents.files import write_text_atomic
 from mentor_agents.references import (
     RewardReference,
     build_references,
+    load_references,
     save_references,
     self_consistency,
     summarize,
@@ -41,7 +49,8 @@ from mentor_agents.traces import Trace, TraceStore
 
 if TYPE_CHECKING:  # torch and transformers load on first use, so that `import mentor_agents` stays light
     from mentor_agents.from_scratch import FittedStudentConfig
-    from mentor_agents.training import RolloutFn, TrainConfig, TrainResult
+    from mentor_agents.rollouts import RolloutFn
+    from mentor_agents.training import TrainConfig, TrainResult
 
 
 class AgentAdapter(Protocol):
@@ -113,6 +122,8 @@ class DistilledStudent:
     metrics: dict[str, Any] = field(default_factory=dict)
     max_turns: int = 5
     """Model-turn cap of an evaluation run (the training rollouts' ``max_turns``)."""
+    adapter_dir: Path | None = None
+    """The trained adapter, with ``train_config.json`` (what the model card states) beside it."""
 
     def as_chat_model(self, **generation: Any) -> Any:
         """The student as a chat model of the agent's framework (a LangChain chat model for LangGraph)."""
@@ -137,11 +148,8 @@ class DistilledStudent:
 
         run_file = self.run_dir / "run.json"
         run = json.loads(run_file.read_text()) if run_file.exists() else {}
-        card = ModelCard(
-            base_model=self.base_model, method=self.method, teacher=run.get("teacher"),
-            traces=run.get("traces"), reward=run.get("reward"), training_config=run.get("train_config", {}),
-            evaluation=run.get("table"), tools=run.get("tools", []),
-        )
+        card = ModelCard.from_stage(self.adapter_dir, self.base_model, self.method,
+                                    evaluation=run.get("table") if run.get("method") == self.method else None)
         out = export_student(self.model, self.tokenizer, out_dir, card)
         if gguf is not None:
             from mentor_agents.gguf_export import export_gguf
@@ -186,34 +194,171 @@ def distill(
             run: every recorded task, GRPO rollout and evaluation run (see `mentor_agents.environment`).
     """
     config = config or DistillConfig()
-    run = RunState.open(run_dir or "runs/distill", resume)
     adapter = adapter_for(agent, environment)
+    run = Run(run_dir or "runs/distill", adapter, student, config, resume)
     teacher_model = adapter.teacher_model(teacher)
-
-    splits = prepare_tasks(run, adapter, tasks, traces, eval_tasks, ood_tasks, teacher_model, config)
-    teacher_traces, references = record_teacher(run, adapter, splits, teacher_model, config, traces)
-    student_label = FITTED_LABEL if student == FITTED else _student().student_name(student)
-    student = base_student(run, student, teacher_traces, config)
-
-    results: dict[str, TrainResult] = {}
-    for name in dict.fromkeys([*config.baselines, method]):
-        results[name] = train_method(run, name, config.train, student, teacher_traces, references, adapter, resume,
-                                     sft_result=results.get("sft"))
-
-    from mentor_agents.student import load_student
-
-    base_model, base_tokenizer = load_student(student)
-    models = {"teacher": teacher_model, "untrained student": adapter.student_model(base_model, base_tokenizer)}
+    splits = prepare_tasks(run.state, adapter, tasks, traces, eval_tasks, ood_tasks, teacher_model, config)
+    run.record(teacher_model, splits, traces)
+    results = {name: run.train(name) for name in dict.fromkeys([*config.baselines, method])}
+    models = {"teacher": teacher_model, "untrained student": adapter.student_model(*run.base())}
     models.update({name: adapter.student_model(r.model, r.tokenizer) for name, r in results.items()})
-    table_results = evaluate_models(run, adapter, splits, models, config)
-
+    report = run.report(method, run.evaluate(models), {name: r.metrics for name, r in results.items()})
     final = results[method]
-    report = write_report(run, student_label, method, teacher_traces, references, splits, table_results,
-                          {name: r.metrics for name, r in results.items()}, config)
     return DistilledStudent(model=final.model, tokenizer=final.tokenizer, base_model=final.base_model,
-                            method=method, run_dir=run.run, adapter=adapter, report=report,
-                            metrics=json.loads((run.run / "metrics.json").read_text()),
+                            method=method, run_dir=run.dir, adapter=adapter, adapter_dir=final.adapter_dir,
+                            report=report,
+                            metrics=json.loads((run.dir / "metrics.json").read_text()),
                             max_turns=config.train.max_turns)
+
+
+# ------------------------------------------------------------------------------------------------------------ Run
+
+
+class Run:
+    """One run directory and its stages: `record` the teacher, `train` a method, `evaluate` models, `report`.
+
+    Every stage is recorded in ``state.json`` (`RunState`) and skipped or resumed when the directory already has it:
+    a trained method is loaded from its adapter, an interrupted training resumes from its last checkpoint, an
+    evaluation from its last recorded task. The base student is loaded once per run.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike[str], adapter: AgentAdapter, student: str,
+                 config: DistillConfig | None = None, resume: bool = True):
+        self.state = RunState.open(run_dir, resume)
+        self.dir, self.adapter, self.student = self.state.dir, adapter, student
+        self.config, self.resume = config or DistillConfig(), resume
+        self.splits: dict[str, list[Task]] = {}
+        self.traces: list[Trace] = []
+        self.references: list[RewardReference] = []
+        self.eval_references: dict[str, dict[str, RewardReference]] = {}
+        """Per split, the references that `evaluate_split` scores against (from a ``reference=True`` model)."""
+        self._base: tuple[Any, Any] | None = None
+        self._trained: dict[str, TrainResult] = {}
+
+    # --- record
+
+    def record(self, teacher_model: Any, splits: dict[str, list[Task]],
+               traces: str | os.PathLike[str] | TraceStore | None = None) -> tuple[list[Trace], list[RewardReference]]:
+        """Teacher traces on the train split (``traces.jsonl``, resumed task by task) and their references."""
+        self.splits = splits
+        self.traces, self.references = record_teacher(self.state, self.adapter, splits, teacher_model, self.config,
+                                                      traces)
+        return self.traces, self.references
+
+    def load_recorded(self) -> None:
+        """The splits, teacher traces and references that an earlier `record` wrote (``mentor train``/``eval``)."""
+        if "traces" not in self.state.done:
+            raise StageError(f"{self.dir} has no recorded traces; run `mentor record` first")
+        self.splits = self.state.load_tasks()
+        self.traces = self_consistency(TraceStore(self.dir / "traces.jsonl").read(skip_invalid=True))
+        self.references = load_references(self.dir / "references.jsonl",
+                                          verifiers=custom_verifiers(self.splits["train"]))
+
+    # --- train
+
+    def student_path(self) -> str:
+        """The base student: ``"fitted"`` is this run's fitted student (`fitted_student`), built from its traces."""
+        if self.student != FITTED:
+            return self.student
+        return str(fitted_student(self.dir / "student", self.traces, self.config))
+
+    def base(self) -> tuple[Any, Any]:
+        """The untrained student (model, tokenizer), loaded once per run."""
+        if self._base is None:
+            from mentor_agents.student import load_student
+
+            self._base = load_student(self.student_path())
+        return self._base
+
+    def train(self, name: str, config: TrainConfig | None = None) -> TrainResult:
+        """Train ``name`` into ``train/<method_dir(name)>/`` (resuming from its last checkpoint), or load it when it
+        is finished (``train:<name>`` in the state). ``config`` defaults to the run's ``train`` settings with
+        ``method=name``; an ``sft+*`` method runs only its GRPO stage, from the run's one merged SFT model
+        (`sft_merged`)."""
+        from mentor_agents.training import grpo, load_trained, method_dir, provenance, stages, train
+
+        key = f"train:{name}"
+        if name in self._trained:
+            return self._trained[name]
+        if key in self.state.done:
+            info = self.state.info(key)
+            model, tokenizer = load_trained(info["adapter_dir"], info["base_model"])
+            return _training().TrainResult(
+                method=info.get("method", name), output_dir=Path(info["adapter_dir"]).parent,
+                adapter_dir=Path(info["adapter_dir"]), base_model=info["base_model"], model=model,
+                tokenizer=tokenizer, metrics=read_metrics(info["metrics"]))
+        config = replace(config or replace(self.config.train, method=name),
+                         output_dir=str(self.dir / "train" / method_dir(name)), resume=self.resume)
+        stage = Path(config.output_dir) / stages(config.method)[-1]
+        merged = self.sft_merged(replace(config, method="sft")) if config.method.startswith("sft+") else None
+        cpu = time.process_time()  # an sft+* method's SFT is counted once, under sft
+        if merged is not None:
+            import torch
+
+            torch.manual_seed(config.seed)
+            result = grpo(merged, None, self.references, self.adapter.rollout_fn(), config, stage,
+                          trained_on=provenance(self.traces, self.references))
+        else:
+            model, tokenizer = copy.deepcopy(self.base())
+            result = train(config, model, tokenizer, traces=self.traces, references=self.references,
+                           rollout_fn=self.adapter.rollout_fn())
+        self.state.mark(key, adapter_dir=str(result.adapter_dir), base_model=result.base_model, method=config.method,
+                        reward=None if config.method == "sft" else config.reward_fn.name,
+                        metrics=str(stage / "metrics.jsonl"), cpu_s=time.process_time() - cpu)
+        self._trained[name] = result
+        return result
+
+    def sft_merged(self, config: TrainConfig) -> str:
+        """The run's ``sft`` student (trained with ``config`` unless it is already) merged into its base
+        (``train/sft/merged``): the start of every ``sft+*`` method."""
+        from mentor_agents.training import merge
+
+        out = self.dir / "train" / "sft" / "merged"
+        if "merge:sft" not in self.state.done:
+            merge(self.train("sft", config), out)
+            self.state.mark("merge:sft", dir=str(out))
+        return str(out)
+
+    # --- evaluate
+
+    def evaluate(self, models: dict[str, Any]) -> dict[tuple[str, str], Metrics]:
+        """Each model (a chat model of the agent's framework) on each held-out split (test, ood); a model named
+        ``teacher`` goes first: its runs are the references for tool-set match and argument accuracy."""
+        results: dict[tuple[str, str], Metrics] = {}
+        for split in ("test", "ood"):
+            if not self.splits.get(split):
+                continue
+            for name, model in sorted(models.items(), key=lambda kv: kv[0] != "teacher"):
+                results[(name, split)] = self.evaluate_split(name, model, split, reference=name == "teacher")
+        return results
+
+    def evaluate_split(self, name: str, model: Any, split: str, adapter: AgentAdapter | None = None,
+                       reference: bool = False, config: DistillConfig | None = None) -> Metrics:
+        """``model`` in the agent (or ``adapter``'s) on ``split`` (``eval/<name>-<split>.jsonl``, resumed task by
+        task), recorded as ``eval:<name>:<split>`` with its metrics and per-task outcomes. With ``reference``, its
+        runs become the split's references."""
+        cpu = time.process_time()
+        traces = eval_traces(self.state, adapter or self.adapter, name, split, self.splits, model,
+                             config or self.config)
+        if reference:
+            verifiers = custom_verifiers(self.splits[split])
+            self.eval_references[split] = {r.task_id: r for r in build_references(traces, verifiers=verifiers)}
+        metrics = evaluate_traces(traces, self.eval_references.get(split))
+        self.state.mark(f"eval:{name}:{split}", **metrics.as_dict(), cpu_s=time.process_time() - cpu,
+                        outcomes={t.task_id: float(t.verdict == "correct") for t in traces})
+        return metrics
+
+    # --- report
+
+    def report(self, method: str, results: dict[tuple[str, str], Metrics],
+               training: dict[str, list[dict[str, Any]]]) -> str:
+        """``metrics.json``, ``report.md``, ``reward_curve.png``, ``success.png`` and ``run.json``."""
+        return write_report(self.state, student_name(self.student), method, self.traces, self.references,
+                            self.splits, results, training, self.config)
+
+
+def student_name(student: str) -> str:
+    return FITTED_LABEL if student == FITTED else _student().student_name(student)
 
 
 # ------------------------------------------------------------------------------------------------------ stages
@@ -246,7 +391,7 @@ def record_teacher(run: RunState, adapter: AgentAdapter, splits: dict[str, list[
                    config: DistillConfig, traces: str | os.PathLike[str] | TraceStore | None = None,
                    ) -> tuple[list[Trace], list[RewardReference]]:
     """Teacher traces on the train split (``traces.jsonl``, resumed task by task) and their references."""
-    store = TraceStore(run.run / "traces.jsonl")
+    store = TraceStore(run.dir / "traces.jsonl")
     if traces is not None and as_store(traces).path.resolve() != store.path.resolve() and "traces" not in run.done:
         recorded = store.recorded_keys()
         for trace in as_store(traces).read(skip_invalid=True):
@@ -259,40 +404,12 @@ def record_teacher(run: RunState, adapter: AgentAdapter, splits: dict[str, list[
     teacher_traces = self_consistency(store.read(skip_invalid=True))
     run.mark("traces")
     references = build_references(teacher_traces, verifiers=custom_verifiers(splits["train"]))
-    save_references(references, run.run / "references.jsonl")
+    save_references(references, run.dir / "references.jsonl")
     if not references:
         summary = summarize(teacher_traces)
         raise StageError(f"no teacher trace was verified correct ({summary.traces} traces, verdicts "
                          f"{summary.verdicts}); see {store.path}")
     return teacher_traces, references
-
-
-def train_method(run: RunState, name: str, train_config: TrainConfig, student: str, traces: list[Trace],
-                 references: list[RewardReference], adapter: AgentAdapter, resume: bool = True,
-                 sft_result: TrainResult | None = None) -> TrainResult:
-    """Train ``name`` into ``train/<name>/`` (resuming from its last checkpoint), or load it when a previous call
-    finished it. ``sft+sparse`` and ``sft+mentor`` start from ``sft_result`` (the ``sft`` baseline of the same run)
-    when given."""
-    from mentor_agents.training import TrainResult, grpo_stage, load_trained, train
-
-    config = replace(train_config, method=name, output_dir=str(run.run / "train" / name.replace("+", "_")),
-                     resume=resume)
-    key = f"train:{name}"
-    if key in run.done:
-        info = run.info(key)
-        model, tokenizer = load_trained(info["adapter_dir"], info["base_model"])
-        return TrainResult(method=name, output_dir=Path(config.output_dir), adapter_dir=Path(info["adapter_dir"]),
-                           base_model=info["base_model"], model=model, tokenizer=tokenizer,
-                           metrics=read_metrics(info["metrics"]))
-    from mentor_agents.student import load_student
-
-    model, tokenizer = load_student(student)
-    result = train(config, model, tokenizer, traces=traces, references=references, rollout_fn=adapter.rollout_fn(),
-                   sft_result=sft_result if name.startswith("sft+") else None)
-    stage = "sft" if name == "sft" else grpo_stage(name)
-    run.mark(key, adapter_dir=str(result.adapter_dir), base_model=result.base_model,
-             metrics=str(Path(config.output_dir) / stage / "metrics.jsonl"))
-    return result
 
 
 def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -304,12 +421,6 @@ def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 FITTED = "fitted"
 """The student name that `distill`, ``mentor train`` and ``mentor eval`` build for the run (`fitted_student`)."""
 FITTED_LABEL = "fitted (random, tokenizer fitted to the teacher traces)"
-
-
-def base_student(run: RunState, student: str, traces: list[Trace], config: DistillConfig) -> str:
-    """What to load for ``student``: for ``"fitted"`` the run's fitted student (built once from the teacher traces
-    into ``<run_dir>/student``), else ``student`` as given."""
-    return str(fitted_student(run.run / "student", traces, config)) if student == FITTED else student
 
 
 def fitted_student(out: Path, traces: list[Trace], config: DistillConfig) -> Path:
@@ -326,25 +437,6 @@ def fitted_student(out: Path, traces: list[Trace], config: DistillConfig) -> Pat
     return out
 
 
-def evaluate_models(run: RunState, adapter: AgentAdapter, splits: dict[str, list[Task]], models: dict[str, Any],
-                    config: DistillConfig) -> dict[tuple[str, str], Metrics]:
-    """Each model in the agent on each held-out split (``eval/<model>-<split>.jsonl``, resumed task by task).
-    The teacher's runs there are the references for tool-set match and argument accuracy; a model named
-    ``teacher`` is evaluated first."""
-    results: dict[tuple[str, str], Metrics] = {}
-    for split in ("test", "ood"):
-        if not splits[split]:
-            continue
-        references: dict[str, RewardReference] = {}
-        for name, model in sorted(models.items(), key=lambda kv: kv[0] != "teacher"):
-            traces = eval_traces(run, adapter, name, split, splits, model, config)
-            if name == "teacher":
-                verifiers = custom_verifiers(splits[split])
-                references = {r.task_id: r for r in build_references(traces, verifiers=verifiers)}
-            results[(name, split)] = evaluate_traces(traces, references)
-    return results
-
-
 def write_report(run: RunState, student: str, method: str, teacher_traces: list[Trace],
                  references: list[RewardReference], splits: dict[str, list[Task]],
                  results: dict[tuple[str, str], Metrics], training: dict[str, list[dict[str, Any]]],
@@ -354,10 +446,10 @@ def write_report(run: RunState, student: str, method: str, teacher_traces: list[
     table = comparison_table(results)
     history = [row for row in training.get(method, []) if "reward" in row]
     if history:
-        plot_reward_curve(history, run.run / "reward_curve.png", title=f"{method}: reward per step")
+        plot_reward_curve(history, run.dir / "reward_curve.png", title=f"{method}: reward per step")
     if results:
-        plot_success(results, run.run / "success.png")
-    write_json_atomic(run.run / "metrics.json", {
+        plot_success(results, run.dir / "success.png")
+    write_json_atomic(run.dir / "metrics.json", {
         "teacher": asdict(summary),
         "evaluation": {f"{m}|{s}": v.as_dict() for (m, s), v in results.items()},
         "training": training,
@@ -366,24 +458,14 @@ def write_report(run: RunState, student: str, method: str, teacher_traces: list[
     invalid = top_invalid_calls(Path(trained["metrics"]).with_name("rollouts.jsonl")) if trained else ""
     report = render_report(student, method, summary, len(references), splits, table,
                            learned_verdict(results, method), config, bool(history), invalid)
-    write_text_atomic(run.run / "report.md", report)
-    reward = "none (supervised fine-tuning)" if method == "sft" else \
-        repr(replace(config.train, method=method).reward_fn).replace("Reward", "")
-    write_json_atomic(run.run / "run.json", {
-        "student": student,
-        "teacher": teacher_traces[0].teacher_model if teacher_traces else None,
-        "traces": f"{summary.traces} teacher traces, {len(references)} verified references",
-        "reward": reward,
-        "train_config": asdict(replace(config.train, method=method)),
-        "table": table,
-        "tools": sorted({name for r in references for name in r.tool_names}),
-    })
+    write_text_atomic(run.dir / "report.md", report)
+    write_json_atomic(run.dir / "run.json", {"student": student, "method": method, "table": table})
     return report
 
 
 def eval_traces(run: RunState, adapter: AgentAdapter, model_name: str, split: str,
                 splits: dict[str, list[Task]], model: Any, config: DistillConfig) -> list[Trace]:
-    store = TraceStore(run.run / "eval" / f"{model_name.replace(' ', '_').replace('+', '_')}-{split}.jsonl")
+    store = TraceStore(run.dir / "eval" / f"{model_name.replace(' ', '_').replace('+', '_')}-{split}.jsonl")
     adapter.record(splits[split], store, model=model, concurrency=config.concurrency, timeout_s=config.timeout_s,
                    **bounded_run(config.train.max_turns, teacher=model_name == "teacher"))
     wanted = {t.id for t in splits[split]}
@@ -458,8 +540,8 @@ class RunState:
 
     VERSION = 1
 
-    def __init__(self, run: Path, done: dict[str, Any] | None = None):
-        self.run, self.done = run, done or {}
+    def __init__(self, dir: Path, done: dict[str, Any] | None = None):
+        self.dir, self.done = dir, done or {}
 
     @classmethod
     def open(cls, run_dir: str | os.PathLike[str], resume: bool = True) -> RunState:
@@ -487,21 +569,21 @@ class RunState:
         """Record ``stage`` as finished; paths inside the run directory in ``info`` are stored relative to it, so
         the directory still works when moved or opened from another working directory."""
         self.done[stage] = {key: self.relative(value) for key, value in info.items()} or True
-        write_json_atomic(self.run / "state.json", {"version": self.VERSION, "done": self.done})
+        write_json_atomic(self.dir / "state.json", {"version": self.VERSION, "done": self.done})
 
     def relative(self, value: Any) -> Any:
         if not isinstance(value, (str, os.PathLike)):
             return value
-        path, run = Path(value).resolve(), self.run.resolve()
+        path, run = Path(value).resolve(), self.dir.resolve()
         return str(path.relative_to(run)) if path.is_relative_to(run) else str(value)
 
     def info(self, stage: str) -> dict[str, Any]:
         """What `mark` stored for ``stage``, with its paths inside the run directory made whole again."""
-        return {key: str(self.run / value) if isinstance(value, str) and (self.run / value).exists() else value
+        return {key: str(self.dir / value) if isinstance(value, str) and (self.dir / value).exists() else value
                 for key, value in self.done[stage].items()}
 
     def save_tasks(self, splits: dict[str, list[Task]]) -> None:
-        write_json_atomic(self.run / "tasks.json", {
+        write_json_atomic(self.dir / "tasks.json", {
             split: [task_to_dict(t) for t in tasks] for split, tasks in splits.items()
         })
         self.mark("tasks")
@@ -511,7 +593,7 @@ class RunState:
         """Stop when the tasks passed differ from those stored in ``tasks.json``: resuming would silently run
         another experiment. Without ``eval_tasks`` the test split was drawn from ``tasks``, so ``tasks`` must equal
         train and test together."""
-        stored = json.loads((self.run / "tasks.json").read_text())
+        stored = json.loads((self.dir / "tasks.json").read_text())
         checks = {"train": (tasks, stored["train"] + ([] if eval_tasks else stored["test"])),
                   "test": (eval_tasks, stored["test"]), "ood": (ood_tasks, stored["ood"])}
         for split, (passed, kept) in checks.items():
@@ -520,13 +602,13 @@ class RunState:
             given = [task_to_dict(as_task(t)) for t in passed]
             if canonical(given) != canonical(kept):
                 raise InvalidInputError(
-                    f"the {split} tasks passed ({len(given)}) differ from those stored in {self.run / 'tasks.json'} "
+                    f"the {split} tasks passed ({len(given)}) differ from those stored in {self.dir / 'tasks.json'} "
                     f"({len(kept)}); to run them, use a new run_dir, or pass resume=False to start this one over")
 
     def load_tasks(self, custom: Sequence[Task | str] = ()) -> dict[str, list[Task]]:
         """The stored splits; tasks whose verifier is a callable get it back from ``custom`` by id."""
         callables = custom_verifiers([t for t in custom if isinstance(t, Task)])
-        data = json.loads((self.run / "tasks.json").read_text())
+        data = json.loads((self.dir / "tasks.json").read_text())
         return {split: [task_from_dict(record, callables) for record in records] for split, records in data.items()}
 
 

@@ -42,6 +42,18 @@ class ModelCard:
     """A markdown comparison table."""
     tools: list[str] = field(default_factory=list)
 
+    @classmethod
+    def from_stage(cls, adapter_dir: str | os.PathLike[str] | None, base_model: str, method: str,
+                   evaluation: str | None = None) -> ModelCard:
+        """The card of a trained adapter, from the ``train_config.json`` its training wrote beside it (teacher,
+        traces, reward, tools and the full training config)."""
+        from mentor_agents.training import stage_info
+
+        info = stage_info(adapter_dir) if adapter_dir is not None else {}
+        return cls(base_model=base_model, method=method, teacher=info.get("teacher"), traces=info.get("traces"),
+                   reward=info.get("reward"), training_config=info.get("train_config", {}), evaluation=evaluation,
+                   tools=info.get("tools", []))
+
     def render(self) -> str:
         tools = ", ".join(f"`{name}`" for name in self.tools) or "the tools of the agent it was trained in"
         config = json.dumps(self.training_config, indent=2, default=str)

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mentor_agents.messages import ArgumentsError, ToolCall, content_text, decode_arguments
+
+
+class RolloutSettings(BaseModel):
+    """How a rollout runs: the model-turn cap, the token budget of one turn and the sampling temperature. This is
+    all a ``rollout_fn`` gets of the training settings (`mentor_agents.training.TrainConfig.rollout`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    max_turns: int = Field(5, ge=1)
+    max_new_tokens: int = Field(64, ge=1)
+    temperature: float = Field(1.0, ge=0.0)
 
 
 class InvalidToolCall(BaseModel):
@@ -105,6 +115,17 @@ class Rollout(BaseModel):
             messages=messages, tool_calls=calls, invalid_calls=invalid, final_answer=answer,
             finished=finished, turns=turns, **fields,
         )
+
+
+class RolloutFn(Protocol):
+    """Runs the agent once per reference (in order) with ``model`` as its chat model and returns token-exact rollouts:
+    ``prompt_ids`` (the first model call's prompt), ``completion_ids``, ``completion_mask`` (1 = sampled) and
+    ``logprobs``, and ``finished=False`` for a run cut off by ``settings.max_turns``. With ``use_vllm`` the training
+    loop also passes ``backend=`` (a `mentor_agents.vllm_rollouts.VLLMClientBackend`) to generate the turns with.
+    `mentor_agents.integrations.langgraph.rollouts.graph_rollout_fn` is the one for LangGraph agents."""
+
+    def __call__(self, references: list[Any], model: Any, tokenizer: Any, settings: RolloutSettings,
+                 **backend: Any) -> list[Rollout]: ...
 
 
 class ScoredRollout(BaseModel):

@@ -9,11 +9,11 @@ backend = VLLMClientBackend(trainer.vllm_generation.vllm_client)
 
 The token-exact contract of the rollouts holds: the prompt ids go to vLLM as ids (``/v1/completions`` with a token-id
 prompt, as TRL's ``VLLMClient.generate`` sends them), and the completion comes back as ids with the sampled tokens'
-logprobs, so nothing is re-tokenized. `mentor_agents.training.make_rollout_func` builds this backend when the trainer
-runs with ``use_vllm=True`` and hands it to the ``rollout_fn``; the LangGraph rollouts' ``BatchedGenerator`` then
-sends each batch of turns here instead of to ``model.generate``. Not covered: ``vllm_mode="colocate"``
-(``trainer.vllm_generation.llm``, a ``vllm.LLM``), and multi-process runs, where TRL's server mode keeps the client
-on the main process only.
+logprobs, so nothing is re-tokenized. `mentor_agents.training.grpo_trainer.make_rollout_func` builds this backend
+when the trainer runs with ``use_vllm=True`` and hands it to the ``rollout_fn``; the LangGraph rollouts'
+``BatchedGenerator`` then sends each batch of turns here instead of to ``model.generate``. Not covered:
+``vllm_mode="colocate"`` (``trainer.vllm_generation.llm``, a ``vllm.LLM``), and multi-process runs, where TRL's server
+mode keeps the client on the main process only.
 """
 
 from __future__ import annotations

@@ -44,6 +44,7 @@ from mentor_agents.distill import DistillConfig, distill  # noqa: E402
 from mentor_agents.integrations.langgraph import record  # noqa: E402
 from mentor_agents.integrations.langgraph.rollouts import graph_rollout_fn  # noqa: E402
 from mentor_agents.from_scratch import make_tiny_student  # noqa: E402
+from mentor_agents.student import load_student  # noqa: E402
 from mentor_agents.traces import TraceStore  # noqa: E402
 
 
@@ -89,19 +90,21 @@ class FirstStep(TrainerCallback):
 
 
 def instrument_training(log: Path) -> None:
-    original = training._train
+    from mentor_agents.training import grpo_trainer, sft_trainer
 
-    def _train(trainer, out, resume):
+    original = sft_trainer.fit
+
+    def fit(trainer, out, resume):
         trainer.add_callback(FirstStep(log, out.name, training.last_checkpoint(out) if resume else None))
         return original(trainer, out, resume)
 
-    training._train = _train
+    sft_trainer.fit = grpo_trainer.fit = fit
 
 
 def setup(kind: str, work: Path) -> None:
     if kind in ("train", "distill"):
         make_tiny_student(work / "tiny", seed=0)
-        model, _ = training.load_student(work / "tiny")
+        model, _ = load_student(work / "tiny")
         with torch.no_grad():  # as in test_training: a wider init lets LoRA move the tiny model's outputs
             model.get_input_embeddings().weight.mul_(5)
         model.save_pretrained(work / "tiny")

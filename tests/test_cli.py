@@ -28,10 +28,16 @@ def test_record_train_eval_report_over_one_run_directory(tmp_path, capsys):
     assert "saved to" in capsys.readouterr().out
     student_dir = tmp_path / "run" / "students" / "sft"
     assert (student_dir / "merged" / "model.safetensors").exists() and (student_dir / "README.md").exists()
+    assert main(["train", *common, "--method", "mentor", "--steps", "1", "--num-generations", "2",
+                 "--prompts-per-step", "1"]) == 0
+    # The card reads the reward, teacher and traces from the train_config.json written beside the adapter.
+    card = (tmp_path / "run" / "students" / "mentor" / "README.md").read_text()
+    assert "| reward | (name='mentor'" in card and "| teacher | not recorded" not in card, card
+    assert "| teacher traces | 6 teacher traces, 6 verified references |" in card, card
 
     assert main(["eval", *common]) == 0
     report = capsys.readouterr().out
-    assert "| teacher | test | 2 | 100%" in report and "| sft | ood | 2 |" in report
+    assert "| teacher | test | 2 | 100%" in report and "| sft | ood | 2 |" in report and "| mentor | test |" in report
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert "untrained student|test" in metrics["evaluation"]
 

@@ -16,7 +16,7 @@ from forcing import ForceText
 from mentor_agents import Environment
 from mentor_agents.demo import calculator, inventory
 from mentor_agents.demo.scripted import ScriptedTeacher
-from mentor_agents.distill import DistillConfig, RunState, evaluate_models, prepare_tasks
+from mentor_agents.distill import DistillConfig, Run, RunState, prepare_tasks
 from mentor_agents.evaluation import comparison_table, evaluate_traces
 from mentor_agents.integrations.langgraph import record
 from mentor_agents.integrations.langgraph.adapter import LangGraphAdapter
@@ -167,12 +167,12 @@ class Slow(ScriptedTeacher):
 
 def test_evaluation_runs_are_bounded_and_the_report_counts_the_stops(tmp_path):
     tasks = calculator.make_tasks(2, "test")
-    run = RunState.open(tmp_path / "run")
-    run.save_tasks({"train": [], "test": tasks, "ood": []})
     adapter = LangGraphAdapter(calculator.build_agent(calculator.ScriptedCalculatorTeacher()))
+    run = Run(tmp_path / "run", adapter, "tiny", DistillConfig(train=TrainConfig(max_turns=3), timeout_s=2.0))
+    run.state.save_tasks({"train": [], "test": tasks, "ood": []})
+    run.splits = run.state.load_tasks()
     models = {"teacher": None, "looping": Looping(), "counting": Counting(), "slow": Slow()}
-    config = DistillConfig(train=TrainConfig(max_turns=3), timeout_s=2.0)
-    results = evaluate_models(run, adapter, run.load_tasks(), models, config)
+    results = run.evaluate(models)
     stops = {name: (m.turn_limit_stops, m.loop_stops, m.timeouts) for (name, _), m in results.items()}
     assert stops == {"teacher": (0, 0, 0), "looping": (0, 2, 0), "counting": (2, 0, 0), "slow": (0, 0, 2)}
     assert results[("teacher", "test")].success == 1.0

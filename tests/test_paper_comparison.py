@@ -40,7 +40,7 @@ def test_quick_comparison_runs_every_method_and_split_and_reports_paired_differe
     for method in ("sft+sparse", "sft+mentor", "mentor"):
         curves = training[method]["curves"]
         assert set(comparison.DYNAMICS) <= set(curves), curves.keys()
-        assert (tmp_path / "plots" / f"dynamics-teacherA-seed0-{comparison.safe(method)}.png").is_file()
+        assert (tmp_path / "plots" / f"dynamics-teacherA-seed0-{comparison.method_dir(method)}.png").is_file()
     assert (tmp_path / "plots" / "success-teacherA.png").is_file()
 
     report = (tmp_path / "results.md").read_text()

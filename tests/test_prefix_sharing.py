@@ -11,10 +11,14 @@ from peft import get_peft_model
 from transformers import LogitsProcessor, LogitsProcessorList
 from trl.trainer.utils import add_fused_lm_head
 
-import mentor_agents.prefix_sharing as prefix_sharing
+import mentor_agents.training.prefix_sharing as prefix_sharing
 from mentor_agents.demo.calculator import ScriptedCalculatorTeacher
 from mentor_agents.integrations.langgraph.recording import record
-from mentor_agents.prefix_sharing import SharedPrefixGRPOTrainer, SharedPrefixSFTTrainer, add_shared_prefix_head
+from mentor_agents.training.prefix_sharing import (
+    SharedPrefixGRPOTrainer,
+    SharedPrefixSFTTrainer,
+    add_shared_prefix_head,
+)
 from mentor_agents.references import build_references
 from mentor_agents.student import load_student
 from mentor_agents.traces import TraceStore
@@ -193,7 +197,7 @@ def test_sft_loss_and_gradients_equal_the_unshared_computation(student_dir, trac
                 self.control.should_training_stop = True
                 return loss
 
-        monkeypatch.setattr("mentor_agents.training.SharedPrefixSFTTrainer", Capture)
+        monkeypatch.setattr("mentor_agents.training.sft_trainer.SharedPrefixSFTTrainer", Capture)
         sft(student_dir, None, traces, config(workdir / f"sft-{shared}", sft_steps=1, sft_batch_size=4,
                                               lora_dropout=0.0))
         results[shared] = captured

@@ -207,7 +207,7 @@ def test_turn_limit_cuts_rollouts_and_they_score_zero(student_dir, traces, workd
     references = build_references(traces)[:2]
     model, tokenizer = load_student(student_dir)
     cfg = config(workdir / "loop", max_turns=2)
-    rollouts = run_rollouts(agent(ScriptedCalculatorTeacher()), references, model, tokenizer, cfg,
+    rollouts = run_rollouts(agent(ScriptedCalculatorTeacher()), references, model, tokenizer, cfg.rollout,
                             logits_processor=looping)
     assert [r.finished for r in rollouts] == [False, False]
     assert [r.cut_by for r in rollouts] == ["turn_limit", "turn_limit"]
@@ -306,3 +306,21 @@ def test_sft_sparse_runs_sparse_grpo_from_the_merged_sft_model_and_ablations_fol
     rows = [json.loads(line) for line in (out / "sparse" / "rollouts.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and not any("tool_match" in row["breakdown"] for row in rows), rows
     assert "rewards/sparse/mean" in result.metrics[0], result.metrics[0]
+    info = json.loads((out / "sparse" / "train_config.json").read_text())  # beside the adapter, for the model card
+    assert info["method"] == "sft+sparse" and info["stage"] == "sparse" and "name='sparse'" in info["reward"]
+    assert info["train_config"]["num_generations"] == 2 and info["tools"] and info["teacher"], info
+
+
+def test_the_rollout_contract_and_recording_import_no_training_stack():
+    """`RolloutSettings` and `RolloutFn` import no torch; recording a teacher through the LangGraph adapter imports
+    neither peft nor the training package."""
+    code = textwrap.dedent("""
+        import sys
+        from mentor_agents.rollouts import RolloutFn, RolloutSettings
+        assert not {"torch", "transformers", "trl", "peft"} & set(sys.modules), sys.modules.keys()
+        import mentor_agents.integrations.langgraph.adapter, mentor_agents.integrations.langgraph.recording
+        assert not {"peft", "mentor_agents.training"} & set(sys.modules)
+        print(RolloutSettings(max_turns=3))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ})
+    assert out.returncode == 0 and "max_turns=3" in out.stdout, out.stderr

@@ -19,7 +19,7 @@ from mentor_agents.integrations.langgraph.rollouts import graph_rollout_fn
 from mentor_agents.integrations.langgraph.student_model import StudentChatModel, _Swapper, swap_model
 from mentor_agents.tasks import Task
 from mentor_agents.traces import Trace, TraceStore
-from mentor_agents.training import RolloutFn
+from mentor_agents.rollouts import RolloutFn
 
 SYNTHESIS_REQUEST = "Write {count} new, varied user requests"
 """How a task-synthesis prompt starts; a scripted teacher recognises it by this phrase."""

@@ -37,8 +37,7 @@ from mentor_agents.integrations.langgraph.student_model import (
 )
 from mentor_agents.prefix_cache import RolloutKV
 from mentor_agents.references import RewardReference
-from mentor_agents.rollouts import Rollout
-from mentor_agents.training import RolloutFn, TrainConfig
+from mentor_agents.rollouts import Rollout, RolloutFn, RolloutSettings
 from mentor_agents.vllm_rollouts import VLLMClientBackend
 
 _SLOT: contextvars.ContextVar[int] = contextvars.ContextVar("mentor_rollout_slot")
@@ -162,21 +161,21 @@ class BatchedGenerator:
 
 
 def run_rollouts(graph: Any, references: Sequence[RewardReference], model: Any, tokenizer: Any,
-                 config: TrainConfig, environment: EnvironmentFactory | None = None, reuse_kv: bool = True,
+                 settings: RolloutSettings, environment: EnvironmentFactory | None = None, reuse_kv: bool = True,
                  backend: VLLMClientBackend | None = None, **student: Any) -> list[Rollout]:
-    """One rollout of ``graph`` per reference, with the student (``model``, sampling at ``config.temperature``)
-    swapped in; in reference order. A rollout cut off by ``config.max_turns``, or with a turn that hit
-    ``config.max_new_tokens`` before its end token, has ``finished=False``. ``reuse_kv=False`` turns off the KV
+    """One rollout of ``graph`` per reference, with the student (``model``, sampling at ``settings.temperature``)
+    swapped in; in reference order. A rollout cut off by ``settings.max_turns``, or with a turn that hit
+    ``settings.max_new_tokens`` before its end token, has ``finished=False``. ``reuse_kv=False`` turns off the KV
     reuse across turns; ``backend`` generates the turns with vLLM instead of ``model`` (see `BatchedGenerator`).
 
     With ``environment``, each rollout runs the graph of its own `Environment` (``graph`` is not used), so
     concurrent rollouts never share state. Each rollout's ``correct`` is the task verifier's verdict, taken with
     that run's ``Environment.state`` before the environment is closed."""
     references = list(references)
-    generator = BatchedGenerator(model, tokenizer.pad_token_id, len(references), config.max_turns, reuse_kv, backend)
+    generator = BatchedGenerator(model, tokenizer.pad_token_id, len(references), settings.max_turns, reuse_kv, backend)
     chat = StudentChatModel(
         model=generator, tokenizer=tokenizer, record_tokens=True, do_sample=True, prefix_cache=None,
-        temperature=config.temperature, max_new_tokens=config.max_new_tokens, **student,
+        temperature=settings.temperature, max_new_tokens=settings.max_new_tokens, **student,
     )
     if environment is None:
         shared = swap_model(graph, chat)
@@ -184,7 +183,7 @@ def run_rollouts(graph: Any, references: Sequence[RewardReference], model: Any, 
     else:
         environment = map_agent(environment, lambda agent: swap_model(agent, chat))
     # Backstop for graphs that loop without calling the model; the turn limit itself is counted in the generator.
-    recursion_limit = 4 * config.max_turns + 4
+    recursion_limit = 4 * settings.max_turns + 4
 
     def one(slot: int, reference: RewardReference) -> Rollout:
         _SLOT.set(slot)
@@ -226,8 +225,8 @@ def graph_rollout_fn(graph: Any, environment: EnvironmentFactory | None = None, 
     fresh graph of its own per rollout) with the student swapped in (see `run_rollouts`). ``student`` sets further
     `StudentChatModel` fields (e.g. ``top_p``). The training loop passes ``backend`` when it generates with vLLM."""
 
-    def rollout_fn(references: list[RewardReference], model: Any, tokenizer: Any, config: TrainConfig,
+    def rollout_fn(references: list[RewardReference], model: Any, tokenizer: Any, settings: RolloutSettings,
                    backend: VLLMClientBackend | None = None) -> list[Rollout]:
-        return run_rollouts(graph, references, model, tokenizer, config, environment, reuse_kv, backend, **student)
+        return run_rollouts(graph, references, model, tokenizer, settings, environment, reuse_kv, backend, **student)
 
     return rollout_fn
