@@ -29,8 +29,9 @@ from mentor_agents.traces import TraceStore
 from mentor_agents.training import TrainConfig
 
 TRAIN_TASKS, TEST_TASKS, OOD_TASKS = 4000, 50, 14
-"""4,000 distinct training problems (recording them with the scripted teacher costs about 40 CPU-seconds): with 1,000,
-the student memorised the conversations and miscopied the numbers of new ones."""
+"""4,000 distinct training problems (recording them with the scripted teacher costs about 40 CPU-seconds). With the
+earlier 1,000, SFT drove the training loss to 0.08 while held-out success stayed at 13-40%: the student fitted those
+conversations and miscopied the numbers of new ones."""
 
 DEMO_CONFIG = DistillConfig(
     train=TrainConfig(
