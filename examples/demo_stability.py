@@ -26,6 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
+from mentor_agents.integrations.langgraph.demo import reward_start_end
+
 RESULTS = Path(__file__).parent / "results"
 BEGIN, END = "<!-- stability:begin -->", "<!-- stability:end -->"
 TIMING = re.compile(r"mentor demo took .*")
@@ -69,9 +71,8 @@ def table(runs: list[dict]) -> str:
     lines = ["| seed | threads | wall | CPU s | sft test | sft+mentor test | sft+mentor ood | GRPO reward first -> last 5 |",
              "|---|---|---|---|---|---|---|---|"]
     for r in sorted(runs, key=lambda r: (r["seed"], r["threads"])):
-        reward = r["grpo_reward"]
-        k = min(5, len(reward))
-        curve = f"{sum(reward[:k]) / k:.2f} -> {sum(reward[-k:]) / k:.2f}" if reward else "–"
+        reward = reward_start_end([{"reward": value} for value in r["grpo_reward"]])
+        curve = "–" if reward is None else f"{reward[0]:.2f} -> {reward[1]:.2f}"
         minutes, seconds = divmod(round(r["wall_s"]), 60)
         lines.append(f"| {r['seed']} | {r['threads']} | {minutes} min {seconds:02d} s | {r['cpu_s']:.0f} | "
                      f"{r['success']['sft|test']:.0%} | {r['success']['sft+mentor|test']:.0%} | "
@@ -114,15 +115,20 @@ def main() -> None:
     lock = threading.Lock()
 
     def finish(job) -> None:
-        run = run_one(*job)
+        try:
+            run = run_one(*job)
+        except RuntimeError as error:  # a failed or killed run is reported, and the other runs go on
+            print(error, file=sys.stderr)
+            return
         with lock:  # results are written after every run, so a stopped sweep keeps what it measured
             runs.append(run)
             write_results(args.results, runs, started, load_before, args.parallel, len(jobs))
 
     with ThreadPoolExecutor(args.parallel) as pool:
         list(pool.map(finish, jobs))
-    print(table(runs))
-    print(json.dumps(summary(runs), indent=2))
+    if runs:
+        print(table(runs))
+        print(json.dumps(summary(runs), indent=2))
 
 
 def write_results(results: Path, runs: list[dict], started: str, load_before: tuple[float, ...], parallel: int,

@@ -103,3 +103,30 @@ def test_timing_line_names_wall_cpu_and_threads():
     line = timing_line(125.4, 1234.5)
     assert line.startswith("mentor demo took 2 min 05 s of wall time and 1,234 CPU-seconds since the process started")
     assert line.endswith(f"({torch.get_num_threads()} torch thread{'s' if torch.get_num_threads() > 1 else ''})")
+
+
+def test_stability_table_replaces_its_block_and_reports_the_spread(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "demo_stability", Path(__file__).parents[1] / "examples" / "demo_stability.py")
+    stability = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stability)
+
+    def run(seed, threads, sft, mentor):
+        return {"seed": seed, "threads": threads, "wall_s": 61.0, "cpu_s": 100.0 + seed, "grpo_reward": [0.1] * 5 + [0.3] * 5,
+                "success": {"sft|test": sft, "sft+mentor|test": mentor, "sft+mentor|ood": 0.0}}
+
+    runs = [run(0, 1, 0.6, 0.62), run(1, 2, 0.7, 0.68)]
+    stats = stability.summary(runs)
+    assert stats["sft"]["spread_points"] == 10 and stats["sft+mentor"]["spread_points"] == 6
+    assert stats["max_cpu_s"] == 101.0
+    page = tmp_path / "demo_run.md"
+    page.write_text("# Latest run\n\nkept\n")
+    stability.write_markdown(page, runs, stats, "conditions A")
+    stability.write_markdown(page, runs[:1], stability.summary(runs[:1]), "conditions B")
+    text = page.read_text()
+    assert text.count(stability.BEGIN) == 1 and "conditions B" in text and "conditions A" not in text
+    assert text.endswith("# Latest run\n\nkept\n")
+    assert "| 0 | 1 | 1 min 01 s | 100 | 60% | 62% | 0% | 0.10 -> 0.30 |" in text
