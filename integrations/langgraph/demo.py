@@ -20,6 +20,7 @@ import resource
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from mentor_agents.distill import DistillConfig, DistilledStudent, distill
 from mentor_agents.integrations.langgraph.calculator import ScriptedCalculatorTeacher, build_agent, make_tasks
@@ -27,6 +28,9 @@ from mentor_agents.student import FITTED_FULL_MODULES, TinyStudentConfig
 from mentor_agents.tasks import Task
 from mentor_agents.traces import TraceStore
 from mentor_agents.training import TrainConfig
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 TRAIN_TASKS, TEST_TASKS, OOD_TASKS = 4000, 50, 14
 """4,000 distinct training problems (recording them with the scripted teacher costs about 40 CPU-seconds). With the
@@ -138,7 +142,7 @@ def closing_examples(run_dir: Path, tasks: list[Task]) -> tuple[Task | None, Tas
     return solved, failed
 
 
-def show_run(console, graph, task: Task) -> None:
+def show_run(console: Console, graph: Any, task: Task) -> None:
     """Run ``graph`` on ``task`` and print the question, every tool call and result, and the answer's verdict."""
     state = graph.invoke({"messages": [{"role": "user", "content": task.input}]})
     console.print(f"[bold]user:[/bold] {task.input}  (expected {task.ground_truth})")
