@@ -86,6 +86,7 @@ def bad_inputs(tmp_path_factory):
     (["train", "calculator", "--run-dir", "{tmp}/state-list"], "state.json: not a run state"),
     (["train", "calculator", "--run-dir", "{tmp}/state-no-done"], "has no recorded traces"),
     (["train", "calculator", "--run-dir", "{tmp}/state-corrupt"], "state.json: not valid JSON"),
+    (["train", "calculator", "--run-dir", "{tmp}/empty", "--num-generations", "1"], "num_generations must be at least 2"),
     (["serve", "{tmp}/truncated"], "cannot load the model from"),
     (["serve", "{tmp}/bad-config"], "cannot load the model from"),
     (["serve", "{tmp}/bad-config", "--port", "99999"], "--port 99999"),  # before loading, not after

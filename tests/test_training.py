@@ -313,13 +313,15 @@ def test_sft_sparse_runs_sparse_grpo_from_the_merged_sft_model_and_ablations_fol
 
 def test_the_rollout_contract_and_recording_import_no_training_stack():
     """`RolloutSettings` and `RolloutFn` import no torch; recording a teacher through the LangGraph adapter imports
-    neither peft nor the training package."""
+    no torch, transformers, TRL or peft, nor the training package."""
     code = textwrap.dedent("""
         import sys
         from mentor_agents.rollouts import RolloutFn, RolloutSettings
         assert not {"torch", "transformers", "trl", "peft"} & set(sys.modules), sys.modules.keys()
         import mentor_agents.integrations.langgraph.adapter, mentor_agents.integrations.langgraph.recording
-        assert not {"peft", "mentor_agents.training"} & set(sys.modules)
+        from mentor_agents.integrations.langgraph import record, swap_model
+        assert not {"torch", "transformers", "trl", "peft", "mentor_agents.training"} & set(sys.modules), \
+            sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers", "trl", "peft"))[:5]
         print(RolloutSettings(max_turns=3))
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ})

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import HumanMessage, SystemMessage
@@ -14,12 +14,14 @@ from langgraph.prebuilt import ToolNode
 
 from mentor_agents.environment import Environment, EnvironmentFactory, map_agent
 from mentor_agents.errors import InvalidInputError, StageError
+from mentor_agents.integrations.langgraph.graphs import _Swapper, swap_model
 from mentor_agents.integrations.langgraph.recording import record
-from mentor_agents.integrations.langgraph.rollouts import graph_rollout_fn
-from mentor_agents.integrations.langgraph.student_model import StudentChatModel, _Swapper, swap_model
 from mentor_agents.tasks import Task
 from mentor_agents.traces import Trace, TraceStore
 from mentor_agents.rollouts import RolloutFn
+
+if TYPE_CHECKING:  # the student chat model loads torch; recording through this adapter does not
+    from mentor_agents.integrations.langgraph.student_model import StudentChatModel
 
 SYNTHESIS_REQUEST = "Write {count} new, varied user requests"
 """How a task-synthesis prompt starts; a scripted teacher recognises it by this phrase."""
@@ -133,9 +135,13 @@ class LangGraphAdapter:
         return list(seen.values())[:n]
 
     def rollout_fn(self) -> RolloutFn:
+        from mentor_agents.integrations.langgraph.rollouts import graph_rollout_fn
+
         return graph_rollout_fn(self.agent, self.environment)
 
     def student_model(self, model: Any, tokenizer: Any, **generation: Any) -> StudentChatModel:
+        from mentor_agents.integrations.langgraph.student_model import StudentChatModel
+
         return StudentChatModel(model=model, tokenizer=tokenizer, **generation)
 
     def swap(self, chat_model: BaseChatModel, graph: Any = None) -> Any:

@@ -29,12 +29,8 @@ import torch
 from langgraph.errors import GraphRecursionError
 
 from mentor_agents.environment import Environment, EnvironmentFactory, map_agent
-from mentor_agents.integrations.langgraph.student_model import (
-    StudentChatModel,
-    TokenRecorder,
-    rollout_from_run,
-    swap_model,
-)
+from mentor_agents.integrations.langgraph.graphs import swap_model
+from mentor_agents.integrations.langgraph.student_model import StudentChatModel, TokenRecorder, rollout_from_run
 from mentor_agents.prefix_cache import RolloutKV
 from mentor_agents.references import RewardReference
 from mentor_agents.rollouts import Rollout, RolloutFn, RolloutSettings

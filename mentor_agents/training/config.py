@@ -15,6 +15,7 @@ import torch
 from peft import LoraConfig
 from trl import GRPOConfig, SFTConfig
 
+from mentor_agents.errors import InvalidInputError
 from mentor_agents.rewards import REWARD_NAMES, Reward
 from mentor_agents.rollouts import RolloutSettings
 
@@ -175,16 +176,16 @@ class TrainConfig(RunSettings, LoRASettings, GRPOSettings, SFTSettings):
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+            raise InvalidInputError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if self.reward not in REWARD_NAMES:
-            raise ValueError(f"reward must be one of {', '.join(REWARD_NAMES)}, got {self.reward!r}")
+            raise InvalidInputError(f"reward must be one of {', '.join(REWARD_NAMES)}, got {self.reward!r}")
         if self.bf16 and self.device_is_cpu and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-            raise ValueError("bf16=True needs a CPU with native bf16 (AVX512-BF16 or AMX); this one has neither")
+            raise InvalidInputError("bf16=True needs a CPU with native bf16 (AVX512-BF16 or AMX); this one has neither")
         if self.vllm_mode != "server":
-            raise ValueError(f"vllm_mode must be 'server' (the only vLLM mode wired into the graph rollouts), got "
+            raise InvalidInputError(f"vllm_mode must be 'server' (the only vLLM mode wired into the graph rollouts), got "
                              f"{self.vllm_mode!r}")
         if self.num_generations < 2:
-            raise ValueError(f"num_generations must be at least 2 for group-normalised advantages, got "
+            raise InvalidInputError(f"num_generations must be at least 2 for group-normalised advantages, got "
                              f"{self.num_generations}")
 
     @property
@@ -226,5 +227,5 @@ def per_device(batch: int, name: str) -> int:
     trainer exists)."""
     processes = int(os.environ.get("WORLD_SIZE", "1"))
     if batch % processes:
-        raise ValueError(f"{name} = {batch} does not split evenly over {processes} processes")
+        raise InvalidInputError(f"{name} = {batch} does not split evenly over {processes} processes")
     return batch // processes
