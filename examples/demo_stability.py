@@ -5,7 +5,8 @@ python examples/demo_stability.py                      # seeds 0 1 2 x threads 1
 python examples/demo_stability.py --parallel 2         # two runs at once (each then has about one core)
 ```
 
-Each run is the real command, `mentor demo --seed S --run-dir DIR`, with ``OMP_NUM_THREADS=T`` and
+A run whose ``DIR.json`` exists in the work directory is not run again (its result is read back), so the
+sweep resumes and can be split over several invocations. Each run is the real command, `mentor demo --seed S --run-dir DIR`, with ``OMP_NUM_THREADS=T`` and
 ``MKL_NUM_THREADS=T``. Per run it keeps the wall time and the CPU time of the process (from `os.wait4`), the timing
 line the demo prints, and the held-out success of every model from the run's ``metrics.json``. It writes
 ``examples/results/demo_stability.json`` and the table between the ``stability`` markers of
@@ -18,6 +19,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -38,6 +40,7 @@ def run_one(seed: int, threads: int, run_dir: Path) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
            "TOKENIZERS_PARALLELISM": "false", "COLUMNS": "200"}
     log = run_dir.with_suffix(".log")
+    shutil.rmtree(run_dir, ignore_errors=True)  # a run stopped before its result was written starts over: one process
     start = time.perf_counter()
     with log.open("w") as out:
         proc = subprocess.Popen(["mentor", "demo", "--seed", str(seed), "--run-dir", str(run_dir)], stdout=out,
@@ -115,12 +118,14 @@ def main() -> None:
     lock = threading.Lock()
 
     def finish(job) -> None:
+        done = job[2].with_suffix(".json")
         try:
-            run = run_one(*job)
+            run = json.loads(done.read_text()) if done.exists() else run_one(*job)
         except RuntimeError as error:  # a failed or killed run is reported, and the other runs go on
             print(error, file=sys.stderr)
             return
         with lock:  # results are written after every run, so a stopped sweep keeps what it measured
+            done.write_text(json.dumps(run) + "\n")
             runs.append(run)
             write_results(args.results, runs, started, load_before, args.parallel, len(jobs))
 

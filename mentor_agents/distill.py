@@ -100,6 +100,10 @@ class DistillConfig:
     baselines: tuple[str, ...] = ()
     """Other methods to train and compare in the report, e.g. ``("sft",)``."""
     concurrency: int = 4
+    eval_batch_size: int = 1
+    """Evaluation runs of a student whose model calls are decoded as one batch (greedy). On a CPU a batch of 8 costs
+    about what one call does; the tokens equal those of calls one by one up to float rounding. 1: one call at a
+    time. The evaluation runs ``max(concurrency, eval_batch_size)`` tasks at once."""
     timeout_s: float = 300.0
     seed: int = 0
     fitted: FittedStudentConfig = field(default_factory=lambda: _fitted_config())
@@ -200,8 +204,8 @@ def distill(
     splits = prepare_tasks(run.state, adapter, tasks, traces, eval_tasks, ood_tasks, teacher_model, config)
     run.record(teacher_model, splits, traces)
     results = {name: run.train(name) for name in dict.fromkeys([*config.baselines, method])}
-    models = {"teacher": teacher_model, "untrained student": adapter.student_model(*run.base())}
-    models.update({name: adapter.student_model(r.model, r.tokenizer) for name, r in results.items()})
+    models = {"teacher": teacher_model, "untrained student": run.student_model(*run.base())}
+    models.update({name: run.student_model(r.model, r.tokenizer) for name, r in results.items()})
     report = run.report(method, run.evaluate(models), {name: r.metrics for name, r in results.items()})
     final = results[method]
     return DistilledStudent(model=final.model, tokenizer=final.tokenizer, base_model=final.base_model,
@@ -320,6 +324,18 @@ class Run:
         return str(out)
 
     # --- evaluate
+
+    def student_model(self, model: Any, tokenizer: Any) -> Any:
+        """``model`` as the agent framework's chat model for the evaluation, generating at most the rollouts'
+        ``max_new_tokens`` per turn. With ``config.eval_batch_size`` > 1 the calls of concurrent runs are decoded
+        together (`mentor_agents.prefix_cache.ConcurrentBatcher`)."""
+        bound = {"max_new_tokens": self.config.train.max_new_tokens}
+        if self.config.eval_batch_size == 1:
+            return self.adapter.student_model(model, tokenizer, **bound)
+        from mentor_agents.prefix_cache import ConcurrentBatcher
+
+        batcher = ConcurrentBatcher(model, tokenizer.pad_token_id, max_batch=self.config.eval_batch_size)
+        return self.adapter.student_model(batcher, tokenizer, prefix_cache=None, **bound)
 
     def evaluate(self, models: dict[str, Any]) -> dict[tuple[str, str], Metrics]:
         """Each model (a chat model of the agent's framework) on each held-out split (test, ood); a model named
@@ -466,8 +482,8 @@ def write_report(run: RunState, student: str, method: str, teacher_traces: list[
 def eval_traces(run: RunState, adapter: AgentAdapter, model_name: str, split: str,
                 splits: dict[str, list[Task]], model: Any, config: DistillConfig) -> list[Trace]:
     store = TraceStore(run.dir / "eval" / f"{model_name.replace(' ', '_').replace('+', '_')}-{split}.jsonl")
-    adapter.record(splits[split], store, model=model, concurrency=config.concurrency, timeout_s=config.timeout_s,
-                   **bounded_run(config.train.max_turns, teacher=model_name == "teacher"))
+    adapter.record(splits[split], store, model=model, concurrency=max(config.concurrency, config.eval_batch_size),
+                   timeout_s=config.timeout_s, **bounded_run(config.train.max_turns, teacher=model_name == "teacher"))
     wanted = {t.id for t in splits[split]}
     return [t for t in store.read(skip_invalid=True) if t.task_id in wanted]
 

@@ -22,8 +22,10 @@ attention in every layer: Llama, Qwen2, SmolLM2, Phi-3).
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any, Hashable, Sequence
 
 import torch
@@ -274,3 +276,103 @@ class PrefixCache:
         self.store(KV(tuple(out.sequences[0, :held].tolist()),
                       tuple((layer.keys, layer.values) for layer in out.cache.layers)), version)
         return out
+
+
+# ------------------------------------------------------------------------------------------- concurrent callers
+
+
+class ConcurrentBatcher:
+    """Stands in for a model whose ``generate`` is called by several threads at once, one prompt per call (the
+    student chat model in concurrent agent runs, e.g. an evaluation): calls that arrive within ``wait_s`` of the
+    first waiting one, up to ``max_batch``, are decoded as one batch (`RolloutKV`). Everything else is forwarded to
+    the model.
+
+    On a CPU one decode step costs about the same at batch 8 as at batch 1 (reading the weights dominates), so a
+    batch of ``n`` calls costs about ``1/n`` of them one by one. Each call reuses the KV of the cached sequence that
+    shares the most leading tokens with its prompt (its own previous turn, or another run's system prompt and tools),
+    so it prefills only its new tokens. Greedy tokens equal those of a lone ``generate`` up to float rounding
+    (batched matrix products and padding change the last bits of the logits).
+    """
+
+    def __init__(self, model: Any, pad_token_id: int, max_batch: int = 8, wait_s: float = 0.05,
+                 max_rows: int | None = None) -> None:
+        self.model, self.max_batch, self.wait_s = model, max_batch, wait_s
+        self.max_rows = max_rows or max_batch + 4
+        self.kv = RolloutKV(model, pad_token_id)
+        self.cond = threading.Condition()
+        self.pending: list[tuple[object, list[int], dict[str, Any]]] = []
+        self.results: dict[object, Any] = {}
+        self.busy = False
+        self.deadline = 0.0
+        self.next_slot = 0
+        self.batch_sizes: Counter[int] = Counter()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.model, name)
+
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any) -> Any:
+        """``model.generate`` on the one prompt ``input_ids`` (no padding), decoded together with concurrent calls.
+        ``kwargs`` must ask for ``return_dict_in_generate=True``; calls with other ``kwargs`` go in other batches."""
+        ticket = object()
+        with self.cond:
+            if not self.pending:
+                self.deadline = time.monotonic() + self.wait_s
+            self.pending.append((ticket, input_ids[0].tolist(), kwargs))
+            self.cond.notify_all()
+            while ticket not in self.results:
+                ready = len(self.pending) >= self.max_batch or time.monotonic() >= self.deadline
+                if not self.busy and self.pending and ready:
+                    self._run_batch()
+                elif self.busy or not self.pending:
+                    self.cond.wait()
+                else:
+                    self.cond.wait(timeout=self.deadline - time.monotonic())
+            result = self.results.pop(ticket)
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def _run_batch(self) -> None:
+        """Generate the first pending calls that share ``kwargs`` (the lock is released meanwhile)."""
+        key = repr(sorted(self.pending[0][2].items()))
+        batch = [call for call in self.pending if repr(sorted(call[2].items())) == key][:self.max_batch]
+        self.pending = [call for call in self.pending if call not in batch]
+        self.deadline = time.monotonic() + self.wait_s
+        self.busy = True
+        self.cond.release()
+        try:
+            results = self._generate([ids for _, ids, _ in batch], batch[0][2])
+        except BaseException as error:  # every caller of the batch must wake up and see it
+            results = [error] * len(batch)
+        finally:
+            self.cond.acquire()
+            self.busy = False
+        self.results.update({ticket: result for (ticket, _, _), result in zip(batch, results)})
+        self.batch_sizes[len(batch)] += 1
+        self.cond.notify_all()
+
+    def _generate(self, prompts: list[list[int]], kwargs: dict[str, Any]) -> list[Any]:
+        slots = [self._slot(prompt) for prompt in prompts]
+        out, width = self.kv.generate(slots, prompts, **kwargs)
+        results = []
+        for row, prompt in enumerate(prompts):
+            sequences = torch.cat([torch.tensor([prompt], device=out.sequences.device),
+                                   out.sequences[row:row + 1, width:]], dim=1)
+            logits = tuple(step[row:row + 1] for step in out.logits) if out.logits is not None else None
+            results.append(SimpleNamespace(sequences=sequences, logits=logits))
+        while len(self.kv.rows) > self.max_rows:  # least recently generated first (dicts keep insertion order)
+            self.kv.drop(next(iter(self.kv.rows)))
+        return results
+
+    def _slot(self, prompt: list[int]) -> int:
+        """A new slot for ``prompt``, holding the longest cached prefix it shares with any earlier sequence."""
+        best: KV | None = None
+        keep = 0
+        for kv in self.kv.rows.values():
+            n = min(common_prefix(kv.tokens, prompt), len(prompt) - 1)
+            if n > keep:
+                best, keep = kv, n
+        slot, self.next_slot = self.next_slot, self.next_slot + 1
+        if best is not None:
+            self.kv.rows[slot] = best.crop(keep)
+        return slot

@@ -209,3 +209,49 @@ def test_served_cache_under_concurrent_requests_with_different_tool_sets(tiny):
             replies = list(pool.map(ask, range(4 * len(requests))))
     assert replies == [expected[i % len(requests)] for i in range(len(replies))]
     assert student.prefix_cache.reused_tokens > 0 and student.prefix_cache.calls == len(replies)
+
+
+def graph_runs(chat, tasks, concurrent: bool):
+    """Each task through the real calculator graph on ``chat``; per task its token records and final answer."""
+    graph = build_agent(ScriptedCalculatorTeacher())
+    from mentor_agents.integrations.langgraph.graphs import swap_model
+
+    graph = swap_model(graph, chat)
+
+    def one(task):
+        recorder = TokenRecorder()
+        state = graph.invoke({"messages": [{"role": "user", "content": task.input}]},
+                             config={"callbacks": [recorder], "recursion_limit": 20})
+        return recorder.records, state["messages"][-1].content
+
+    if not concurrent:
+        return [one(t) for t in tasks]
+    with ThreadPoolExecutor(max_workers=len(tasks)) as pool:
+        return list(pool.map(one, tasks))
+
+
+def test_concurrent_batcher_gives_the_tokens_of_calls_one_by_one(tiny):
+    from mentor_agents.demo.calculator import make_tasks
+    from mentor_agents.prefix_cache import ConcurrentBatcher
+
+    model, tok = tiny
+    tasks = make_tasks(5, "test", seed=0)
+    processor = LogitsProcessorList([ToolTurnsThenModel(tok, CALLS)])
+    settings = dict(tokenizer=tok, max_new_tokens=24, logits_processor=processor, prefix_cache=None)
+    counter = EmbeddedTokens(model)
+    alone = graph_runs(StudentChatModel(model=model, **settings), tasks, concurrent=False)
+    alone_tokens, counter.count = counter.count, 0
+    batcher = ConcurrentBatcher(model, tok.pad_token_id, max_batch=4, wait_s=0.2)
+    batched = graph_runs(StudentChatModel(model=batcher, **settings), tasks, concurrent=True)
+    counter.handle.remove()
+
+    for (records_a, answer_a), (records_b, answer_b) in zip(alone, batched):
+        assert len(records_a) == len(records_b) == 3 and answer_a == answer_b
+        for a, b in zip(records_a, records_b):
+            assert a.prompt_ids == b.prompt_ids and a.generated_ids == b.generated_ids
+            assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-4)
+    # 5 runs x 3 turns went through batches of up to 4 (the 5th run waits for a free place), and the 12-tool
+    # prompt was prefilled once, not per call.
+    assert sum(size * n for size, n in batcher.batch_sizes.items()) == 15 and max(batcher.batch_sizes) == 4
+    assert counter.count < alone_tokens / 4, (counter.count, alone_tokens)
+    assert len(batcher.kv.rows) <= batcher.max_rows
