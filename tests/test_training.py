@@ -326,3 +326,14 @@ def test_the_rollout_contract_and_recording_import_no_training_stack():
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ})
     assert out.returncode == 0 and "max_turns=3" in out.stdout, out.stderr
+
+
+def test_lora_layers_adapt_only_those_layers_and_train(student_dir, traces, workdir):
+    linear = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    result = sft(student_dir, None, traces[:8], config(workdir / "top-layer", sft_steps=2, sft_batch_size=4,
+                                                       lora_layers=[1], lora_target_modules=linear))
+    adapted = {name.split(".layers.")[1].split(".")[0] for name, p in result.model.named_parameters()
+               if "lora_" in name}
+    assert adapted == {"1"}
+    moved = [p for name, p in result.model.named_parameters() if "lora_B" in name]
+    assert moved and all(p.abs().sum() > 0 for p in moved)  # lora_B starts at zero: the adapter trained

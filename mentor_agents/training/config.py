@@ -102,11 +102,15 @@ class LoRASettings:
     lora_modules_to_save: list[str] | None = None
     """Modules trained in full next to the adapter; ``["norm"]`` (the final norm) lets a randomly initialised tiny
     student sharpen its output distribution, which low-rank updates alone barely can."""
+    lora_layers: list[int] | None = None
+    """Only these decoder layers get adapters (peft's ``layers_to_transform``); None: every layer. Adapting only the
+    top layers saves the backward pass through the layers below (about a third of a step's CPU time at half)."""
 
     def lora(self) -> LoraConfig:
         return LoraConfig(
             r=self.lora_r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
-            target_modules=self.lora_target_modules, modules_to_save=self.lora_modules_to_save, task_type="CAUSAL_LM",
+            target_modules=self.lora_target_modules, modules_to_save=self.lora_modules_to_save,
+            layers_to_transform=self.lora_layers, task_type="CAUSAL_LM",
         )
 
 
