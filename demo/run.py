@@ -182,11 +182,11 @@ def mentor_verdict(metrics: dict) -> str:
 
 def reward_start_end(rows: list[dict], window: int = 5) -> tuple[float, float] | None:
     """Mean GRPO reward over the first and the last ``window`` steps (each step samples new prompts, so one step
-    alone is noisy); None without GRPO steps."""
+    alone is noisy), at most half the steps each so that the two do not overlap; None without GRPO steps."""
     rewards = [row["reward"] for row in rows if "reward" in row]
     if not rewards:
         return None
-    k = min(window, len(rewards))
+    k = max(1, min(window, len(rewards) // 2))
     return sum(rewards[:k]) / k, sum(rewards[-k:]) / k
 
 
@@ -200,7 +200,7 @@ def results_table(student: DistilledStudent):
     splits = [s for s in ("test", "ood") if any(key.endswith(f"|{s}") for key in evaluation)]
     for split in splits:
         table.add_column({"test": "in-domain (test)", "ood": "out-of-domain"}[split], justify="right")
-    table.add_column("GRPO mean reward, first -> last 5 steps", justify="right")
+    table.add_column("GRPO mean reward, first -> last steps", justify="right")
     models = list(dict.fromkeys(key.split("|")[0] for key in evaluation))
     for model in models:
         cells = []

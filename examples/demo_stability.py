@@ -71,7 +71,7 @@ def summary(runs: list[dict]) -> dict:
 
 
 def table(runs: list[dict]) -> str:
-    lines = ["| seed | threads | wall | CPU s | sft test | sft+mentor test | sft+mentor ood | GRPO reward first -> last 5 |",
+    lines = ["| seed | threads | wall | CPU s | sft test | sft+mentor test | sft+mentor ood | GRPO reward first -> last steps |",
              "|---|---|---|---|---|---|---|---|"]
     for r in sorted(runs, key=lambda r: (r["seed"], r["threads"])):
         reward = reward_start_end([{"reward": value} for value in r["grpo_reward"]])

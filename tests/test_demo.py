@@ -95,6 +95,7 @@ def test_mentor_verdict_says_whether_grpo_helped():
 def test_reward_start_end_averages_the_first_and_last_steps():
     rows = [{"loss": 1.0}] + [{"reward": r} for r in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)]
     assert reward_start_end(rows, window=2) == (0.1, 0.9)
+    assert reward_start_end(rows[:3], window=5) == (0.0, 0.2)  # 2 steps: the first, then the last
     assert reward_start_end(rows[:2], window=5) == (0.0, 0.0)
     assert reward_start_end([{"loss": 1.0}]) is None
 
