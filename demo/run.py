@@ -43,13 +43,12 @@ DEMO_CONFIG = DistillConfig(
         sft_lr=2e-3, sft_lr_scheduler="cosine", sft_steps=24, sft_batch_size=8, lora_r=16, lora_alpha=32,
         lora_target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         lora_layers=list(range(15, 30)),
-        # MENTOR GRPO after the SFT warm start, tuned on the dev split (examples/results/demo_run.md).
+        # MENTOR GRPO after the SFT warm start; its rate was chosen on a dev split (examples/demo_grpo_tuning.py).
         lr=5e-5, steps=2, prompts_per_step=1, num_generations=8, temperature=1.2, max_turns=4, max_new_tokens=64,
         max_completion_length=384, beta=0.0, logging_steps=1,
     ),
     baselines=("sft",),
-    # Eight evaluation runs at once, their model calls decoded as one batch: about a fifth of the CPU time of one
-    # by one, on a CPU.
+    # Eight evaluation runs at once, their model calls decoded as one batch (a batch of 8 costs about 2 calls alone).
     concurrency=8, eval_batch_size=8,
 )
 """The settings `run_demo` uses, measured on a 2-core CPU (see examples/results/demo_run.md)."""
