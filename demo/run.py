@@ -48,7 +48,7 @@ DEMO_CONFIG = DistillConfig(
         max_completion_length=384, beta=0.0, logging_steps=1,
     ),
     baselines=("sft",),
-    # Eight evaluation runs at once, their model calls decoded as one batch (a batch of 8 costs about 2 calls alone).
+    # Eight evaluation runs at once, their model calls decoded as one batch (a batch of 8 costs about 2-3 calls alone).
     concurrency=8, eval_batch_size=8,
 )
 """The settings `run_demo` uses, measured on a 2-core CPU (see examples/results/demo_run.md)."""

@@ -102,7 +102,7 @@ class DistillConfig:
     concurrency: int = 4
     eval_batch_size: int = 1
     """Evaluation runs of a student whose model calls are decoded as one batch (greedy). On a CPU a batch of 8 costs
-    about what 2 calls alone do; the tokens equal those of calls one by one up to float rounding. 1: one call at a
+    about what 2-3 calls alone do; the tokens equal those of calls one by one up to float rounding. 1: one call at a
     time. The evaluation runs ``max(concurrency, eval_batch_size)`` tasks at once."""
     timeout_s: float = 300.0
     seed: int = 0

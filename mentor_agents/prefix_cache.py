@@ -287,7 +287,7 @@ class ConcurrentBatcher:
     first waiting one, up to ``max_batch``, are decoded as one batch (`RolloutKV`). Everything else is forwarded to
     the model.
 
-    On a CPU a decode step reads every weight whatever the batch, so a batch of 8 costs about what 2 calls alone do
+    On a CPU a decode step reads every weight whatever the batch, so a batch of 8 costs about what 2-3 calls alone do
     (SmolLM2-135M at 1,300 tokens of context: each step also copies every row's KV cache). Each call reuses the KV of the cached sequence that
     shares the most leading tokens with its prompt (its own previous turn, or another run's system prompt and tools),
     so it prefills only its new tokens. Greedy tokens equal those of a lone ``generate`` up to float rounding
