@@ -278,6 +278,18 @@ class PrefixCache:
         return out
 
 
+def split_rows(out: Any, width: int, prompts: Sequence[list[int]]) -> list[SimpleNamespace]:
+    """A batched ``generate`` output (rows left-padded to ``width``) as one output per row, as an unpadded
+    ``generate`` of that row's prompt would return it: ``sequences`` (prompt + generated) and ``logits``."""
+    results = []
+    for row, prompt in enumerate(prompts):
+        sequences = torch.cat([torch.tensor([list(prompt)], device=out.sequences.device),
+                               out.sequences[row:row + 1, width:]], dim=1)
+        logits = tuple(step[row:row + 1] for step in out.logits) if out.logits is not None else None
+        results.append(SimpleNamespace(sequences=sequences, logits=logits))
+    return results
+
+
 # ------------------------------------------------------------------------------------------- concurrent callers
 
 
@@ -354,12 +366,7 @@ class ConcurrentBatcher:
     def _generate(self, prompts: list[list[int]], kwargs: dict[str, Any]) -> list[Any]:
         slots = [self._slot(prompt) for prompt in prompts]
         out, width = self.kv.generate(slots, prompts, **kwargs)
-        results = []
-        for row, prompt in enumerate(prompts):
-            sequences = torch.cat([torch.tensor([prompt], device=out.sequences.device),
-                                   out.sequences[row:row + 1, width:]], dim=1)
-            logits = tuple(step[row:row + 1] for step in out.logits) if out.logits is not None else None
-            results.append(SimpleNamespace(sequences=sequences, logits=logits))
+        results = split_rows(out, width, prompts)
         while len(self.kv.rows) > self.max_rows:  # least recently generated first (dicts keep insertion order)
             self.kv.drop(next(iter(self.kv.rows)))
         return results

@@ -31,7 +31,7 @@ from langgraph.errors import GraphRecursionError
 from mentor_agents.environment import Environment, EnvironmentFactory, map_agent
 from mentor_agents.integrations.langgraph.graphs import swap_model
 from mentor_agents.integrations.langgraph.student_model import StudentChatModel, TokenRecorder, rollout_from_run
-from mentor_agents.prefix_cache import RolloutKV
+from mentor_agents.prefix_cache import RolloutKV, split_rows
 from mentor_agents.references import RewardReference
 from mentor_agents.rollouts import Rollout, RolloutFn, RolloutSettings
 from mentor_agents.vllm_rollouts import VLLMClientBackend
@@ -129,13 +129,7 @@ class BatchedGenerator:
             attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for _, ids in members],
                                      device=device)
             out = self.model.generate(input_ids=input_ids, attention_mask=attention, **kwargs)
-        results = {}
-        for row, (slot, ids) in enumerate(members):
-            prompt = torch.tensor([ids], device=device)
-            sequences = torch.cat([prompt, out.sequences[row:row + 1, width:]], dim=1)
-            logits = tuple(step[row:row + 1] for step in out.logits) if out.logits is not None else None
-            results[slot] = SimpleNamespace(sequences=sequences, logits=logits)
-        return results
+        return dict(zip([slot for slot, _ in members], split_rows(out, width, [ids for _, ids in members])))
 
     def _generate_with_backend(self, members: list[tuple[int, list[int]]], kwargs: dict[str, Any]) -> dict[int, Any]:
         local_only = [name for name in ("logits_processor", "stop_strings", "stopping_criteria") if kwargs.get(name)]
