@@ -8,10 +8,10 @@ tokens).
 
 A GRPO step of the issue-14 sweep (1 prompt x 8 rollouts, temperature 1.5) peaked at 13-14 GB when its group held a
 4-turn rollout cut at the token limit and another of 4 turns. The cases here rebuild that shape with random tokens:
-a 1,190-token prompt (the calculator agent's system prompt and tools, and a question) and 8 completions, ``long``
-(the sweep's step 6: 700 and 350 tokens, the others 45-120) and ``medium`` (the longest 320 tokens; small enough for
-the unbounded path to fit beside other jobs). The unbounded ``long`` case needs about 14 GB and runs only with
-``--all``. Each (case, budget) runs in its own subprocess, so each peak RSS (``ru_maxrss``) is its own; the loss and
+a 1,190-token prompt (the calculator agent's system prompt and tools, and a question) and 8 completions: ``long``
+(the sweep's step 6: 700 and 350 tokens, the others 45-120), ``medium`` (the longest 320) and ``short`` (the longest
+160, the others 45-120: small enough for the unbounded path to fit beside other jobs). The unbounded ``medium`` and
+``long`` cases need more than 11 GB and run only with ``--all``. Each (case, budget) runs in its own subprocess, so each peak RSS (``ru_maxrss``) is its own; the loss and
 the gradient norm are printed too (they agree between budgets up to fp32 rounding). Writes
 examples/results/bench_loss_memory.json.
 """
@@ -29,7 +29,8 @@ from pathlib import Path
 
 import torch
 
-CASES = {"long": (700, 350, 120, 60, 60, 50, 45, 45), "medium": (320, 160, 120, 60, 60, 50, 45, 45)}
+CASES = {"long": (700, 350, 120, 60, 60, 50, 45, 45), "medium": (320, 160, 120, 60, 60, 50, 45, 45),
+         "short": (160, 120, 80, 60, 60, 50, 45, 45)}
 PROMPT = 1190
 UNBOUNDED = 10**9
 
@@ -82,7 +83,8 @@ def main() -> None:
         print(json.dumps(run_case(args.run[0], args.run[1], int(args.run[2]))))
         return
     student = "tiny" if args.quick else "smollm2-135m"
-    runs = [("medium", UNBOUNDED), ("medium", 1024), ("long", 1024)] + [("long", UNBOUNDED)] * args.all
+    runs = [("short", UNBOUNDED), ("short", 1024), ("medium", 1024), ("long", 1024)]
+    runs += [("medium", UNBOUNDED), ("long", UNBOUNDED)] * args.all
     results = []
     for case, budget in runs:
         line = subprocess.run([sys.executable, __file__, "--run", student, case, str(budget)], check=True,
