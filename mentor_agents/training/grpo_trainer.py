@@ -181,9 +181,9 @@ def grpo(model: str | os.PathLike[str] | PreTrainedModel, tokenizer: PreTrainedT
         peft_config=config.lora(), rollout_func=make_rollout_func(rollout_fn, references, config),
         callbacks=[MetricsFile(out / "metrics.jsonl"), *callbacks], micro_batch_tokens=config.micro_batch_tokens,
     )
-    fit(trainer, out, config.resume)
+    resumed_cpu_s = fit(trainer, out, config.resume)
     return finish(trainer, config, out, grpo_stage(config.method), model.config.name_or_path,
-                  trained_on or provenance(references=references))
+                  trained_on or provenance(references=references), resumed_cpu_s)
 
 
 def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, references: Sequence[RewardReference],

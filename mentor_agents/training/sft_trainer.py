@@ -70,6 +70,6 @@ def sft(model: str | os.PathLike[str] | PreTrainedModel, tokenizer: PreTrainedTo
         processing_class=tokenizer, peft_config=config.lora(),
         callbacks=[MetricsFile(out / "metrics.jsonl"), *callbacks], micro_batch_tokens=config.micro_batch_tokens,
     )
-    fit(trainer, out, config.resume)
-    return finish(trainer, config, out, "sft", model.config.name_or_path, provenance(traces))
+    resumed_cpu_s = fit(trainer, out, config.resume)
+    return finish(trainer, config, out, "sft", model.config.name_or_path, provenance(traces), resumed_cpu_s)
 
