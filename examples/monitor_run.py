@@ -1,6 +1,7 @@
 """Samples a running process every 30 s into a TSV: time, process CPU seconds (user + system, its own threads and
 reaped children), RSS and peak RSS (GB), and the training steps logged so far in the newest ``metrics.jsonl`` under
-``run_dir``. A stage killed and resumed records only its last attempt's CPU in ``state.json``; this log has it all.
+``run_dir``. In ``state.json`` a training stage killed and resumed counts its earlier attempts' CPU up to the
+checkpoint it resumed from, an evaluation only its last attempt's; this log has all of the process's CPU.
 
     python examples/monitor_run.py PID /work/runs/mentor_comparison monitor.tsv &
 """

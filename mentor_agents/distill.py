@@ -308,7 +308,7 @@ class Run:
                            rollout_fn=self.adapter.rollout_fn())
         self.state.mark(key, adapter_dir=str(result.adapter_dir), base_model=result.base_model, method=config.method,
                         reward=None if config.method == "sft" else config.reward_fn.name,
-                        metrics=str(stage / "metrics.jsonl"), cpu_s=time.process_time() - cpu)
+                        metrics=str(stage / "metrics.jsonl"), cpu_s=time.process_time() - cpu + result.resumed_cpu_s)
         self._trained[name] = result
         return result
 

@@ -45,11 +45,11 @@ def traces(workdir):
     return record(teacher, single_step_tasks(8, "train"), TraceStore(workdir / "traces.jsonl"), progress=False)
 
 
-def lora_model(student_dir, shared: bool):
+def lora_model(student_dir, shared: bool, micro_batch_tokens: int = prefix_sharing.MICRO_BATCH_TOKENS):
     model, _ = load_student(student_dir)
     add_fused_lm_head(model, temperature=0.7, outputs=OUTPUTS)
     if shared:
-        add_shared_prefix_head(model, 0.7, OUTPUTS)
+        add_shared_prefix_head(model, 0.7, OUTPUTS, micro_batch_tokens)
     torch.manual_seed(1)
     model = get_peft_model(model, TrainConfig().lora())
     for name, param in model.named_parameters():
@@ -118,6 +118,41 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(student_dir):
     assert_close_grads(want[4], got[4])
     layers = [m for m in checkpointed.modules() if hasattr(m, "gradient_checkpointing")]
     assert layers and all(m.gradient_checkpointing for m in layers)  # switched back on after the forward
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_micro_batched_rows_give_the_same_loss_and_gradients(student_dir, checkpointing):
+    """A group's rows split into micro-batches (budget 16 padded tokens: the rows after each group's prompt are 12,
+    8, 5 and 9, 7, 4 tokens long, so batches of 1, 2, 1, 2 rows; budget 1: one row each) give the loss, log-probs,
+    entropy and gradients of the unsplit group, with and without gradient checkpointing (fp32, 1e-5 relative)."""
+    results, batch_sizes = {}, {}
+    for budget in (1024, 16, 1):
+        model = lora_model(student_dir, True, micro_batch_tokens=budget)
+        if checkpointing:
+            model.gradient_checkpointing_enable({"use_reentrant": False})
+        model.train()
+        sizes = batch_sizes[budget] = []
+        hook = model.get_base_model().model.register_forward_pre_hook(
+            lambda m, args, kwargs: sizes.append(kwargs["input_ids"].shape[0]) if torch.is_grad_enabled() else None,
+            with_kwargs=True)
+        results[budget] = grpo_shaped_loss(model, grpo_batch(model.config.vocab_size))
+        hook.remove()
+    # The backbone's calls: the shared prefix, then per group its prompt and its rows' micro-batches; with
+    # checkpointing each call is recomputed once more in the backward pass.
+    forward = {1024: [1, 1, 3, 1, 3], 16: [1, 1, 1, 2, 1, 1, 2], 1: [1] * 9}
+    for budget, sizes in batch_sizes.items():
+        assert sizes[:len(forward[budget])] == forward[budget]
+        assert len(sizes) == len(forward[budget]) * (2 if checkpointing else 1)
+    for budget in (16, 1):
+        for expected, actual in zip(results[1024][:4], results[budget][:4]):
+            torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
+        assert_close_grads(results[1024][4], results[budget][4])
+
+
+def test_micro_batches_pack_the_longest_rows_first():
+    assert prefix_sharing._micro_batches([8, 5, 12], 16) == [[2], [0, 1]]
+    assert prefix_sharing._micro_batches([3, 3, 3, 3], 6) == [[0, 1], [2, 3]]
+    assert prefix_sharing._micro_batches([40, 2], 16) == [[0], [1]]  # a row over the budget runs alone
 
 
 def test_lm_head_runs_only_on_labelled_positions(student_dir, monkeypatch):
@@ -217,3 +252,5 @@ def test_unsupported_inputs_get_a_clear_error(student_dir):
     scaled.config.logit_scale = 2.0
     with pytest.raises(ValueError, match="logit_scale"):
         add_shared_prefix_head(scaled)
+    with pytest.raises(ValueError, match="micro_batch_tokens must be at least 1"):
+        add_shared_prefix_head(load_student(student_dir)[0], micro_batch_tokens=0)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import statistics
 import subprocess
@@ -29,6 +30,7 @@ from mentor_agents.rollouts import InvalidToolCall, Rollout, ScoredRollout
 from mentor_agents.from_scratch import make_tiny_student
 from mentor_agents.student import load_student
 from mentor_agents.traces import TraceStore
+from mentor_agents.training.checkpoints import StageClock
 from mentor_agents.training import (
     TrainConfig,
     evaluate,
@@ -237,17 +239,27 @@ RESUMABLE = textwrap.dedent("""
     refs = build_references(TraceStore({traces!r}).read())
     cfg = t.config(Path({out!r}), steps=6, save_steps=2, prompts_per_step=2, num_generations=2, max_new_tokens=8,
                    resume=bool(int(sys.argv[1])))
-    grpo({student!r}, None, refs, t.graph_rollout_fn(t.agent(t.ScriptedCalculatorTeacher())), cfg,
-         output_dir={out!r}, callbacks=[] if int(sys.argv[1]) else [WaitAfterSave()])
+    result = grpo({student!r}, None, refs, t.graph_rollout_fn(t.agent(t.ScriptedCalculatorTeacher())), cfg,
+                  output_dir={out!r}, callbacks=[] if int(sys.argv[1]) else [WaitAfterSave()])
+    print(result.resumed_cpu_s)
 """)
 
 
+def child_cpu_s() -> float:
+    """Process CPU seconds of this process's children that ended and were waited for."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def test_sigkill_after_a_checkpoint_then_resume_continues(student_dir, traces, workdir):
+    """Killed right after its step-2 checkpoint, a GRPO stage resumes from it, logs each step once, and adds the
+    killed attempt's CPU up to that checkpoint (stored in it) to its own."""
     out, marker = workdir / "resume", workdir / "saved.marker"
     script = workdir / "resumable.py"
     script.write_text(RESUMABLE.format(tests=str(Path(__file__).parent), marker=str(marker),
                                        traces=str(workdir / "traces.jsonl"), out=str(out), student=str(student_dir)))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cpu = child_cpu_s()
     proc = subprocess.Popen([sys.executable, str(script), "0"], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     try:
@@ -257,8 +269,11 @@ def test_sigkill_after_a_checkpoint_then_resume_continues(student_dir, traces, w
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+    killed_cpu, cpu = child_cpu_s() - cpu, child_cpu_s()
     assert marker.read_text() == "2"
     assert last_checkpoint(out).name == "checkpoint-2"
+    stored = StageClock.stored(out / "checkpoint-2")
+    assert 0 < stored < killed_cpu  # its CPU from the stage's start to the checkpoint; imports and loading came first
     # A save killed half-way leaves a checkpoint directory without its trainer state: it must be ignored.
     partial = out / "checkpoint-4"
     partial.mkdir()
@@ -269,6 +284,9 @@ def test_sigkill_after_a_checkpoint_then_resume_continues(student_dir, traces, w
     assert done.returncode == 0, done.stderr[-3000:]
     state = json.loads((out / "checkpoint-6" / "trainer_state.json").read_text())
     assert state["global_step"] == 6
+    assert float(done.stdout.split()[-1]) == stored  # TrainResult.resumed_cpu_s
+    # The final checkpoint holds both attempts' CPU: the killed one's up to checkpoint 2, and the resumed one's.
+    assert 0 < StageClock.stored(out / "checkpoint-6") - stored < child_cpu_s() - cpu
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps[:6] == [1, 2, 3, 4, 5, 6]  # steps 1-2 from the killed run, 3-6 after resuming, none twice
     logged = [json.loads(line)["step"] for line in (out / "rollouts.jsonl").read_text().splitlines()]

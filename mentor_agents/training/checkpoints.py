@@ -8,8 +8,11 @@ model card reads).
   metrics.jsonl        one line per logged step
   rollouts.jsonl       GRPO only: every scored rollout
   adapter/             the trained LoRA adapter and tokenizer
-  train_config.json    method, base model, steps, reward, teacher, traces, tools and the full TrainConfig
+  train_config.json    method, base model, steps, reward, teacher, traces, tools, CPU seconds and the full TrainConfig
 ```
+
+A stage's process CPU seconds (`StageClock`) are written into every checkpoint, so a stage killed and resumed adds
+what its earlier attempts spent up to the checkpoint it resumes from (`TrainResult.resumed_cpu_s`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import json
 import os
 import re
 import shutil
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -43,6 +47,9 @@ class TrainResult:
     tokenizer: PreTrainedTokenizerBase
     metrics: list[dict[str, Any]] = field(default_factory=list)
     """Per-step logs of the last stage (``trainer.state.log_history``)."""
+    resumed_cpu_s: float = 0.0
+    """Process CPU seconds the last stage's earlier, killed attempts spent up to the checkpoint it resumed from (0
+    when it ran in one go); add it to this attempt's CPU for the stage's whole cost."""
 
 
 @dataclass
@@ -88,6 +95,28 @@ class MetricsFile(TrainerCallback):
         append_lines(self.path, [json.dumps({"step": state.global_step, **logs}) + "\n"])
 
 
+class StageClock(TrainerCallback):
+    """Process CPU seconds of a stage: ``earlier`` (its killed attempts, up to the checkpoint this one resumed from)
+    plus this attempt's. Stored after every step in ``trainer_state.json`` (as transformers stores a stateful callback), which
+    a checkpoint writes last, so a complete checkpoint always holds the CPU spent up to it."""
+
+    def __init__(self, earlier: float = 0.0):
+        self.earlier, self.start = earlier, time.process_time()
+
+    @property
+    def cpu_s(self) -> float:
+        return self.earlier + time.process_time() - self.start
+
+    def on_step_end(self, args, state, control, **kwargs):
+        state.stateful_callbacks[type(self).__name__] = {"args": {"earlier": self.cpu_s}, "attributes": {}}
+
+    @classmethod
+    def stored(cls, checkpoint: Path) -> float:
+        """The CPU seconds stored in ``checkpoint`` (0 for one written before stages kept their CPU)."""
+        state = json.loads((checkpoint / "trainer_state.json").read_text())
+        return (state.get("stateful_callbacks") or {}).get(cls.__name__, {}).get("args", {}).get("earlier", 0.0)
+
+
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -113,8 +142,12 @@ def _complete(checkpoint: Path) -> bool:
     return True
 
 
-def fit(trainer, out: Path, resume: bool) -> None:
+def fit(trainer, out: Path, resume: bool) -> float:
+    """Train, or resume from the last complete checkpoint in ``out`` when ``resume``; returns the CPU seconds that
+    the stage's earlier attempts spent up to that checkpoint (`StageClock`)."""
     checkpoint = last_checkpoint(out) if resume else None
+    resumed_cpu_s = StageClock.stored(checkpoint) if checkpoint is not None else 0.0
+    trainer.add_callback(StageClock(resumed_cpu_s))
     metrics, rollouts = out / "metrics.jsonl", out / "rollouts.jsonl"
     main = trainer.is_world_process_zero()  # one process tidies the run directory; the others wait below
     if checkpoint is None:
@@ -141,8 +174,9 @@ def fit(trainer, out: Path, resume: bool) -> None:
         # step); load the final weights and state instead.
         trainer._load_from_checkpoint(str(checkpoint))
         trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
-        return
+        return resumed_cpu_s
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    return resumed_cpu_s
 
 
 def _finished(checkpoint: Path) -> bool:
@@ -158,9 +192,10 @@ def _kept_on_resume(line: str, step: int, keep_summary: bool) -> bool:
     return entry["step"] <= step and (keep_summary or "train_runtime" not in entry)
 
 
-def finish(trainer, config: TrainConfig, out: Path, stage: str, base: str, provenance: Provenance) -> TrainResult:
+def finish(trainer, config: TrainConfig, out: Path, stage: str, base: str, provenance: Provenance,
+           resumed_cpu_s: float = 0.0) -> TrainResult:
     """Save the stage's adapter and, beside it, ``train_config.json``; the trained `TrainResult` (its method is
-    ``sft`` for the SFT stage of an ``sft+*`` method)."""
+    ``sft`` for the SFT stage of an ``sft+*`` method). ``resumed_cpu_s``: what `fit` returned."""
     adapter, method = out / "adapter", "sft" if stage == "sft" else config.method
 
     def save(tmp: Path) -> None:
@@ -176,7 +211,7 @@ def finish(trainer, config: TrainConfig, out: Path, stage: str, base: str, prove
     trainer.accelerator.wait_for_everyone()
     return TrainResult(
         method=method, output_dir=out, adapter_dir=adapter, base_model=base, model=trainer.model,
-        tokenizer=trainer.processing_class, metrics=list(trainer.state.log_history),
+        tokenizer=trainer.processing_class, metrics=list(trainer.state.log_history), resumed_cpu_s=resumed_cpu_s,
     )
 
 

@@ -137,6 +137,11 @@ class RunSettings:
     """Recompute activations in the backward pass instead of keeping them: less memory for more compute (with the
     shared-prefix loss, each segment is recomputed whole). Measured, GRPO 2 prompts x 4 on SmolLM2-135M: peak RSS
     7.1 -> 5.2 GB, loss part 34.3 -> 35.7 CPU s (examples/results/bench_grpo.json)."""
+    micro_batch_tokens: int = 1024
+    """Padded tokens of the rows that share a prompt (a GRPO group) computed together in the shared-prefix loss;
+    longer groups are split, longest rows first. With ``gradient_checkpointing`` it bounds the backward pass's
+    activations: about 2.3 MB per token on SmolLM2-135M in fp32 (a group of 8 with one long rollout, unsplit,
+    peaked at 13-14 GB)."""
     bf16: bool = False
     """bf16 autocast on CPU for the loss forward and backward (needs native bf16: AVX512-BF16 or AMX; CUDA uses bf16
     whenever it supports it, this switch or not). Measured, GRPO 2 prompts x 4 on SmolLM2-135M: loss part 34.3 ->
@@ -188,6 +193,8 @@ class TrainConfig(RunSettings, LoRASettings, GRPOSettings, SFTSettings):
         if self.vllm_mode != "server":
             raise InvalidInputError(f"vllm_mode must be 'server' (the only vLLM mode wired into the graph rollouts), got "
                              f"{self.vllm_mode!r}")
+        if self.micro_batch_tokens < 1:
+            raise InvalidInputError(f"micro_batch_tokens must be at least 1, got {self.micro_batch_tokens}")
         if self.num_generations < 2:
             raise InvalidInputError(f"num_generations must be at least 2 for group-normalised advantages, got "
                              f"{self.num_generations}")

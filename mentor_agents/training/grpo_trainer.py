@@ -179,11 +179,11 @@ def grpo(model: str | os.PathLike[str] | PreTrainedModel, tokenizer: PreTrainedT
         model=model, reward_funcs=make_reward_func(config.reward_fn, references, out / "rollouts.jsonl"),
         args=config.grpo_args(out), train_dataset=grpo_dataset(references), processing_class=tokenizer,
         peft_config=config.lora(), rollout_func=make_rollout_func(rollout_fn, references, config),
-        callbacks=[MetricsFile(out / "metrics.jsonl"), *callbacks],
+        callbacks=[MetricsFile(out / "metrics.jsonl"), *callbacks], micro_batch_tokens=config.micro_batch_tokens,
     )
-    fit(trainer, out, config.resume)
+    resumed_cpu_s = fit(trainer, out, config.resume)
     return finish(trainer, config, out, grpo_stage(config.method), model.config.name_or_path,
-                  trained_on or provenance(references=references))
+                  trained_on or provenance(references=references), resumed_cpu_s)
 
 
 def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, references: Sequence[RewardReference],

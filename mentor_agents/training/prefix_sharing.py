@@ -9,7 +9,10 @@ patches a causal LM so that TRL's fused log-prob call (``model(..., labels=label
 - the batch's longest common prefix (system + tools) runs once, at batch size 1;
 - the rest of each group's prompt (rows whose tokens before the first label agree: a GRPO group) runs once per group,
   attending to that prefix's keys and values;
-- each row's remainder (its completion, or the rest of a conversation) runs attending to its group's keys and values.
+- each row's remainder (its completion, or the rest of a conversation) runs attending to its group's keys and values,
+  in micro-batches of at most ``micro_batch_tokens`` padded tokens (rows x longest row, longest rows first), so that
+  one long rollout neither pads the whole group to its length nor, under gradient checkpointing, makes the backward
+  pass recompute every row's activations at once.
 
 Gradients flow through the shared keys and values, so the loss and the gradients equal the unshared computation up
 to floating-point rounding (tests/test_prefix_sharing.py checks both within fp32 tolerance). The LM head runs only
@@ -37,14 +40,22 @@ from trl.trainer.utils import FusedCausalLMOutput, pad
 _CHUNK = 32768
 """Vocabulary tile of the chunked log-prob kernel (TRL's own value)."""
 _SCALED_HEADS = ("logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling")
+MICRO_BATCH_TOKENS = 1024
+"""Padded tokens per micro-batch of a group's rows. Under gradient checkpointing one micro-batch's activations are
+alive at a time in the backward pass: about 2.3 MB per token on SmolLM2-135M in fp32 (reference/prefix-sharing.md),
+so about 2.4 GB, where the 8 rows of a group padded to one long rollout at once took 13-14 GB."""
 
 
 def add_shared_prefix_head(model: PreTrainedModel, temperature: float = 1.0,
-                           outputs: tuple[str, ...] = ("log_probs",)) -> None:
+                           outputs: tuple[str, ...] = ("log_probs",),
+                           micro_batch_tokens: int = MICRO_BATCH_TOKENS) -> None:
     """Patch ``model`` (a causal LM, not its PEFT wrapper) so that ``model(input_ids=..., attention_mask=...,
     labels=..., fused_lm_head=True)`` computes shared prefixes once and returns TRL's `FusedCausalLMOutput`, with
     ``outputs`` among ``log_probs``, ``entropy``, ``log_sum_sq_probs``, ``mean_logits``, ``is_top1``. Every other
-    call goes to the forward it replaces. Apply it after TRL's ``add_fused_lm_head``."""
+    call goes to the forward it replaces. Apply it after TRL's ``add_fused_lm_head``. ``micro_batch_tokens`` bounds
+    the padded tokens of a group's rows computed together (`MICRO_BATCH_TOKENS`)."""
+    if micro_batch_tokens < 1:
+        raise ValueError(f"micro_batch_tokens must be at least 1, got {micro_batch_tokens}")
     config = model.config.get_text_config()
     for name in _SCALED_HEADS:
         if getattr(config, name, None) is not None:
@@ -64,19 +75,21 @@ def add_shared_prefix_head(model: PreTrainedModel, temperature: float = 1.0,
             raise TypeError(f"shared-prefix forward takes input_ids, attention_mask and labels only; got also "
                             f"{sorted(kwargs) or f'{len(args)} positional arguments'}")
         return shared_prefix_forward(self, input_ids, attention_mask, labels, temperature, outputs,
-                                     num_items_in_batch)
+                                     num_items_in_batch, micro_batch_tokens)
 
     model.forward = types.MethodType(forward, model)
 
 
 def shared_prefix_forward(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                           labels: torch.Tensor, temperature: float, outputs: Sequence[str],
-                          num_items_in_batch: torch.Tensor | int | None = None) -> FusedCausalLMOutput:
+                          num_items_in_batch: torch.Tensor | int | None = None,
+                          micro_batch_tokens: int = MICRO_BATCH_TOKENS) -> FusedCausalLMOutput:
     """Per-token log-probs (and ``outputs``) of the labels, as TRL's fused head returns them (shape ``(B, W - 1)``,
     zero where the label is -100), with each shared prefix computed once. Padding may sit on either side.
 
-    Under gradient checkpointing each segment (the shared prefix, a group's prompt, a group's rows) is recomputed
-    in the backward pass as a whole, since the model's per-layer checkpointing cannot carry a KV cache."""
+    A group's rows run in micro-batches of at most ``micro_batch_tokens`` padded tokens (`_micro_batches`). Under
+    gradient checkpointing each segment (the shared prefix, a group's prompt, a micro-batch of its rows) is
+    recomputed in the backward pass as a whole, since the model's per-layer checkpointing cannot carry a KV cache."""
     rows, row_labels, targets, columns = _real_rows(input_ids, attention_mask, labels)
     groups = _groups(rows, targets)
     keys = [rows[members[0]][:first] for first, members in groups]
@@ -87,13 +100,15 @@ def shared_prefix_forward(model: PreTrainedModel, input_ids: torch.Tensor, atten
     for key, (first, members) in zip(keys, groups):
         # The key's last token is run with the rows: its hidden state predicts the first label.
         cache = run(key[None, shared:first - 1], root, keep=True)[1] if first - 1 > shared else root
-        ids, mask = _right_pad([rows[i][first - 1:] for i in members])
-        out = run(ids, cache, mask)[0]
-        for row, i in enumerate(members):
-            t = targets[i].nonzero().squeeze(1)  # real-token indices of the labels
-            hidden.append(out[row, t - first])
-            labels_out.append(row_labels[i][t])
-            index.append((torch.full_like(t, i), columns[i][t] - 1))
+        for batch in _micro_batches([len(rows[i]) - first + 1 for i in members], micro_batch_tokens):
+            batch = [members[j] for j in batch]
+            ids, mask = _right_pad([rows[i][first - 1:] for i in batch])
+            out = run(ids, cache, mask)[0]
+            for row, i in enumerate(batch):
+                t = targets[i].nonzero().squeeze(1)  # real-token indices of the labels
+                hidden.append(out[row, t - first])
+                labels_out.append(row_labels[i][t])
+                index.append((torch.full_like(t, i), columns[i][t] - 1))
     return _head(model, input_ids, hidden, labels_out, index, temperature, outputs, num_items_in_batch)
 
 
@@ -129,6 +144,18 @@ def _common_prefix(keys: list[torch.Tensor]) -> int:
         differs = (key[:shortest] != keys[0][:shortest]).nonzero()
         n = min(n, int(differs[0]) if len(differs) else shortest)
     return n
+
+
+def _micro_batches(lengths: list[int], budget: int) -> list[list[int]]:
+    """Indices into ``lengths`` in batches of at most ``budget`` padded tokens (rows x longest row), longest rows
+    first, so that rows of similar length pad together; a row longer than ``budget`` runs alone."""
+    batches: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        if batches and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= budget:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
 
 
 def _segments(backbone):
@@ -221,13 +248,15 @@ class SharedPrefixGRPOTrainer(GRPOTrainer):
     share_prefix: bool = True
     """False: TRL's own unshared computation (the benchmark's and the exactness tests' baseline)."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, micro_batch_tokens: int = MICRO_BATCH_TOKENS, **kwargs):
         super().__init__(*args, **kwargs)
         self._loss_mask: torch.Tensor | None = None
         if self.share_prefix:
-            add_shared_prefix_head(_causal_lm(self.model), self.temperature, ("log_probs", "entropy"))
+            add_shared_prefix_head(_causal_lm(self.model), self.temperature, ("log_probs", "entropy"),
+                                   micro_batch_tokens)
             if self.ref_model is not None:
-                add_shared_prefix_head(_causal_lm(self.ref_model), self.temperature)
+                add_shared_prefix_head(_causal_lm(self.ref_model), self.temperature,
+                                       micro_batch_tokens=micro_batch_tokens)
 
     def _generate(self, prompts):
         generated = super()._generate(prompts)
@@ -256,8 +285,8 @@ class SharedPrefixGRPOTrainer(GRPOTrainer):
             return super()._get_per_token_logps_and_entropies(
                 model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy, compute_aux_loss,
                 **multimodal)
-        # TRL's labels (the completion tokens), less those that carry no loss; the whole batch at once, since the
-        # shared prefix already keeps the memory down.
+        # TRL's labels (the completion tokens), less those that carry no loss; the whole batch in one call, since the
+        # shared-prefix forward computes the prefix once and splits each group's rows into micro-batches itself.
         labels = input_ids.masked_fill(attention_mask == 0, -100)
         labels[:, :-logits_to_keep] = -100
         if self._loss_mask is not None:
@@ -275,7 +304,8 @@ class SharedPrefixSFTTrainer(SFTTrainer):
     share_prefix: bool = True
     """False: TRL's own unshared computation."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, micro_batch_tokens: int = MICRO_BATCH_TOKENS, **kwargs):
         super().__init__(*args, **kwargs)
         if self.share_prefix:
-            add_shared_prefix_head(_causal_lm(self.model), 1.0, ("log_probs", "entropy", "is_top1"))
+            add_shared_prefix_head(_causal_lm(self.model), 1.0, ("log_probs", "entropy", "is_top1"),
+                                   micro_batch_tokens)

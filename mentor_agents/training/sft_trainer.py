@@ -68,8 +68,8 @@ def sft(model: str | os.PathLike[str] | PreTrainedModel, tokenizer: PreTrainedTo
     trainer = SharedPrefixSFTTrainer(
         model=model, args=config.sft_args(out), train_dataset=sft_dataset(traces, tokenizer),
         processing_class=tokenizer, peft_config=config.lora(),
-        callbacks=[MetricsFile(out / "metrics.jsonl"), *callbacks],
+        callbacks=[MetricsFile(out / "metrics.jsonl"), *callbacks], micro_batch_tokens=config.micro_batch_tokens,
     )
-    fit(trainer, out, config.resume)
-    return finish(trainer, config, out, "sft", model.config.name_or_path, provenance(traces))
+    resumed_cpu_s = fit(trainer, out, config.resume)
+    return finish(trainer, config, out, "sft", model.config.name_or_path, provenance(traces), resumed_cpu_s)
 
