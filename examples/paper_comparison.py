@@ -61,6 +61,7 @@ from mentor_agents.distill import DistillConfig, Run, RunState, read_metrics, wr
 from mentor_agents.evaluation import (Metrics, bootstrap_ci, paired_bootstrap, plot_success,
                                       save_figure)
 from mentor_agents.files import write_text_atomic
+from mentor_agents.prefix_cache import ConcurrentBatcher
 from mentor_agents.demo import calculator, inventory
 from mentor_agents.integrations.langgraph.adapter import LangGraphAdapter
 from mentor_agents.integrations.openai.server import create_app, running_server
@@ -75,6 +76,9 @@ BFCL_SAMPLE = str(Path(__file__).parents[1] / "tests" / "data" / "bfcl-sample")
 BFCL_SPLITS = ("simple_python", "multiple", "irrelevance")
 CALCULATOR_SPLITS = ("test", "ood_phrasing", "ood_tools")
 SPLITS = (*CALCULATOR_SPLITS, "inventory", *BFCL_SPLITS)
+# Greedy evaluation runs of a split go 8 at a time, their model calls decoded as one batch: the same tokens
+# as one by one (tests/test_prefix_cache.py), for about a third of the CPU.
+EVAL_BATCH = 8
 METHODS = ("untrained", "sft", "sft+sparse", "sft+mentor", "sft+no_match", "mentor", "sparse")
 PAIRS = (("sft+mentor", "sft"), ("sft+mentor", "sft+sparse"))
 """The paired differences of the issue, per split, pooled over seeds."""
@@ -210,7 +214,7 @@ class Comparison:
         # One database per run directory: two processes (seeds) never share one.
         self.inventory = LangGraphAdapter(inventory.build_agent(
             inventory.ScriptedInventoryTeacher(), db_path=self.run.dir / "inventory.sqlite").with_config(turns))
-        self.student_config = DistillConfig(concurrency=1, timeout_s=900, seed=seed)
+        self.student_config = DistillConfig(concurrency=EVAL_BATCH, timeout_s=900, seed=seed)
         self.train_config = train_config(scale, recipe, seed)
         write_json_atomic(self.run.dir / "config.json", {"scale": asdict(scale), "recipe": asdict(recipe),
                                                          "train_config": asdict(self.train_config)})
@@ -251,8 +255,9 @@ class Comparison:
                 self.evaluate_bfcl(name, split, model, tokenizer)
             else:
                 adapter = self.inventory if split == "inventory" else self.run.adapter
-                chat = adapter.student_model(model, tokenizer, max_new_tokens=self.scale.max_new_tokens,
-                                             model_name=f"student/{name}")
+                batcher = ConcurrentBatcher(model, tokenizer.pad_token_id, max_batch=EVAL_BATCH)
+                chat = adapter.student_model(batcher, tokenizer, prefix_cache=None,
+                                             max_new_tokens=self.scale.max_new_tokens, model_name=f"student/{name}")
                 self.run.evaluate_split(name, chat, split, adapter, config=self.student_config)
             info = self.run.state.info(f"eval:{name}:{split}")
             log(f"[{self.run.dir.name}] {name} on {split}: success {info['success']:.0%} ({info['tasks']} tasks, "
