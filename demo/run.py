@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from mentor_agents.demo.calculator import ScriptedCalculatorTeacher, build_agent, make_tasks
 from mentor_agents.distill import FITTED, DistillConfig, DistilledStudent, distill
 from mentor_agents.from_scratch import FITTED_FULL_MODULES, FittedStudentConfig
+from mentor_agents.student import native_bf16
 from mentor_agents.tasks import Task
 from mentor_agents.traces import TraceStore
 from mentor_agents.training import TrainConfig
@@ -48,8 +49,10 @@ DEMO_CONFIG = DistillConfig(
         max_completion_length=384, beta=0.0, logging_steps=1,
     ),
     baselines=("sft",),
-    # Eight evaluation runs at once, their model calls decoded as one batch (a batch of 8 costs about 2-3 calls alone).
-    concurrency=8, eval_batch_size=8,
+    # Eight evaluation runs at once, their model calls decoded as one batch (a batch of 8 costs about 2-3 calls alone),
+    # by a copy of the student with its LoRA merged, in bf16 where the CPU computes bf16 natively: a decoding step
+    # then costs about a third of the CPU (examples/bench_demo_precision.py).
+    concurrency=8, eval_batch_size=8, eval_dtype="bfloat16" if native_bf16() else "float32",
 )
 """The settings `run_demo` uses, measured on a 2-core CPU (see examples/results/demo_run.md)."""
 

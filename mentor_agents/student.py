@@ -183,6 +183,13 @@ def placement(device: str | None, dtype: Any) -> tuple[str, Any]:
     return device, dtype
 
 
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); without it torch emulates bf16, slowly."""
+    import torch
+
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def model_source(name: str, cache_dir: str | Path | None = None) -> Path | None:
     """The local model directory for ``name`` (``"tiny"``, a ``.gguf`` file converted once, or a directory), or None
     for a hub id; `StudentLoadError` for a path that is not there or a name that is none of these."""

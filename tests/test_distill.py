@@ -1,14 +1,17 @@
 """`distill` end to end: tiny student, the scripted teacher served over HTTP, every stage, resume, swap_into;
 and the one-line call with no tasks, where the teacher writes them."""
 
+import copy
 import json
 from dataclasses import replace
 
 import pytest
 import torch
+from peft import LoraConfig, PeftModel, get_peft_model
 
 from mentor_agents.demo.calculator import ScriptedCalculatorTeacher, build_agent, make_tasks
-from mentor_agents.distill import DistillConfig, distill
+from mentor_agents.distill import DistillConfig, Run, adapter_for, distill
+from mentor_agents.errors import InvalidInputError
 from mentor_agents.integrations.openai.server import create_app, running_server
 from mentor_agents.integrations.openai.teacher import OpenAITeacher
 from mentor_agents.references import load_references
@@ -89,3 +92,23 @@ def test_distill_with_no_tasks_synthesizes_them(tmp_path):
     references = load_references(tmp_path / "run" / "references.jsonl")
     # the two samples of every task agreed, so every task is verified by self-consistency
     assert len(references) == len(tasks["train"]) and all(r.verdict == "correct" for r in references)
+
+
+def test_evaluation_uses_a_merged_copy_in_the_eval_dtype_and_bad_names_are_refused(tmp_path):
+    with pytest.raises(InvalidInputError, match="eval_dtype must be one of float32, bfloat16, float16"):
+        DistillConfig(eval_dtype="bf16")
+    agent = build_agent(ScriptedCalculatorTeacher())
+    run = Run(tmp_path, adapter_for(agent), "tiny", DistillConfig(eval_dtype="float16", eval_batch_size=2))
+    base, tokenizer = run.base()
+    trained = get_peft_model(copy.deepcopy(base), LoraConfig(r=4, target_modules=["q_proj"]))
+    torch.nn.init.normal_(trained.base_model.model.model.layers[0].self_attn.q_proj.lora_B["default"].weight)
+    chat = run.student_model(trained, tokenizer)
+    evaluated = chat.model.model  # the batcher's model
+    assert isinstance(trained, PeftModel) and trained.dtype == torch.float32  # the trained student is left as it was
+    assert not isinstance(evaluated, PeftModel) and evaluated.dtype == torch.float16
+    ids = tokenizer("What is 2 plus 3?", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        torch.testing.assert_close(evaluated(ids).logits.float(), trained(ids).logits, atol=0.05, rtol=0.05)
+        assert not torch.allclose(base(ids).logits, trained(ids).logits, atol=0.05, rtol=0.05)
+    out = run.adapter.swap(chat).invoke({"messages": [("user", "What is 2 plus 3?")]})
+    assert out["messages"][-1].type == "ai"

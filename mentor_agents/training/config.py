@@ -18,6 +18,7 @@ from trl import GRPOConfig, SFTConfig
 from mentor_agents.errors import InvalidInputError
 from mentor_agents.rewards import REWARD_NAMES, Reward
 from mentor_agents.rollouts import RolloutSettings
+from mentor_agents.student import native_bf16
 
 Method = Literal["sft", "sparse", "mentor", "sft+sparse", "sft+mentor"]
 METHODS: tuple[str, ...] = ("sft", "sparse", "mentor", "sft+sparse", "sft+mentor")
@@ -188,7 +189,7 @@ class TrainConfig(RunSettings, LoRASettings, GRPOSettings, SFTSettings):
             raise InvalidInputError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if self.reward not in REWARD_NAMES:
             raise InvalidInputError(f"reward must be one of {', '.join(REWARD_NAMES)}, got {self.reward!r}")
-        if self.bf16 and self.device_is_cpu and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        if self.bf16 and self.device_is_cpu and not native_bf16():
             raise InvalidInputError("bf16=True needs a CPU with native bf16 (AVX512-BF16 or AMX); this one has neither")
         if self.vllm_mode != "server":
             raise InvalidInputError(f"vllm_mode must be 'server' (the only vLLM mode wired into the graph rollouts), got "
