@@ -538,6 +538,16 @@ def write_outputs(out: Path, plots: bool = True) -> None:
         write_text_atomic(out / "results.md", "\n".join(parts) + "\n" + (notes.read_text() if notes.exists() else ""))
 
 
+def swept_recipe(out: Path) -> str:
+    """The recipe cell of ``out/sweep.json`` with the best dev success; on a tie, the one whose GRPO reward rose
+    most (first 5 -> last 5 steps), since a recipe that leaves the student where it was compares nothing."""
+    cells = [c for c in json.loads((out / "sweep.json").read_text())["cells"] if c["recipe"].startswith("lr=")]
+    if not cells:
+        raise SystemExit(f"{out / 'sweep.json'} has no finished recipe cell; run --sweep first")
+    best = max(cells, key=lambda c: (c["dev_success"], c["reward_last5"] - c["reward_first5"]))
+    return best["recipe"]
+
+
 def write_sweep(out: Path, run: RunState) -> None:
     """``sweep.md`` / ``sweep.json``: per recipe cell, dev success [CI], the GRPO reward first → last and CPU."""
     cells = []
@@ -597,7 +607,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="untrained, sft, sft+sparse, sft+mentor, sft+<ablation> (no_match, f1, overlap), "
                              "mentor, sparse")
     parser.add_argument("--recipe", default="", help="GRPO recipe over the scale's, e.g. lr=1e-4,num_generations=8,"
-                                                     "temperature=1.0,steps=50,prompts_per_step=1")
+                                                     "temperature=1.0,steps=50,prompts_per_step=1; the word sweep "
+                                                     "stands for the best cell of OUT/sweep.json (sweep,steps=50)")
     parser.add_argument("--sweep", action="store_true", help=f"run the recipe grid {SWEEP} on the dev split "
                                                              "(teacher A, seed 0) and write sweep.md; nothing else")
     parser.add_argument("--bfcl-data", help="BFCL_v4_*.json folder (default: the installed bfcl-eval wheel)")
@@ -620,7 +631,9 @@ def main(argv: list[str] | None = None) -> None:
         write_outputs(args.out)
         return
     scale_name = "quick" if args.quick else "full"
-    scale, recipe = SCALES[scale_name], Recipe.parse(args.recipe, RECIPES[scale_name])
+    recipe_text = args.recipe.replace("sweep", swept_recipe(args.out)) if "sweep" in args.recipe.split(",") \
+        else args.recipe
+    scale, recipe = SCALES[scale_name], Recipe.parse(recipe_text, RECIPES[scale_name])
     grid = {"lr": (1e-3, 2e-3)} if args.quick else SWEEP
     bfcl_data = args.bfcl_data or (BFCL_SAMPLE if args.quick else None)
     cpu = time.process_time()

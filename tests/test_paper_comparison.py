@@ -57,3 +57,20 @@ def test_quick_comparison_runs_every_method_and_split_and_reports_paired_differe
     comparison.main(["--report-only", "--out", str(tmp_path)])
     assert json.loads((tmp_path / "results.json").read_text())["runs"]["teacherA-seed0"] == run
     assert (tmp_path / "results.md").read_text() == report
+
+
+def test_the_swept_recipe_is_the_best_dev_cell_and_a_tie_goes_to_the_larger_reward_rise(tmp_path):
+    comparison = script()
+    cells = [{"recipe": "sft (no GRPO: the start of every cell)", "dev_success": 1.0},
+             {"recipe": "lr=0.0002,num_generations=8,temperature=1.5", "dev_success": 0.95, "reward_first5": 0.65,
+              "reward_last5": 0.75},
+             {"recipe": "lr=5e-05,num_generations=8,temperature=1.5", "dev_success": 0.95, "reward_first5": 0.60,
+              "reward_last5": 0.80},
+             {"recipe": "lr=5e-05,num_generations=4,temperature=1.5", "dev_success": 0.90, "reward_first5": 0.1,
+              "reward_last5": 0.9}]
+    (tmp_path / "sweep.json").write_text(json.dumps({"cells": cells}))
+    assert comparison.swept_recipe(tmp_path) == "lr=5e-05,num_generations=8,temperature=1.5"
+    assert comparison.Recipe.parse("lr=5e-05,num_generations=8,temperature=1.5,steps=50").steps == 50
+    (tmp_path / "sweep.json").write_text(json.dumps({"cells": cells[:1]}))
+    with pytest.raises(SystemExit, match="no finished recipe cell"):
+        comparison.swept_recipe(tmp_path)
