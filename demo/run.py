@@ -34,7 +34,8 @@ from mentor_agents.training import TrainConfig
 if TYPE_CHECKING:
     from rich.console import Console
 
-TRAIN_TASKS, TEST_TASKS, OOD_TASKS = 400, 40, 10
+# Held-out sets in whole waves of the 8 concurrent evaluation runs.
+TRAIN_TASKS, TEST_TASKS, OOD_TASKS = 400, 32, 8
 
 DEMO_CONFIG = DistillConfig(
     train=TrainConfig(

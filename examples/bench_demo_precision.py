@@ -9,6 +9,8 @@
   prompt and 12 tool schemas), as one batch: CPU per decoding step over 48 new tokens, by the SFT student (the 3-step run's adapter) as
   the evaluation had it before (LoRA unmerged, fp32), merged, and merged in bf16 (`DistillConfig.eval_dtype`); with
   how many of the 8 rows give the same tokens as the first.
+- **Waiting for stragglers**: the demo's evaluation of that student (merged, bf16) on 16 held-out problems, 8 runs
+  at a time, with `ConcurrentBatcher` waiting 0.05 s and 0.3 s for calls to join a batch: CPU and batch sizes.
 
 Needs a CPU with native bf16 (AVX512-BF16 or AMX). Prints a table and writes
 examples/results/bench_demo_precision.json.
@@ -28,7 +30,9 @@ import torch
 
 from mentor_agents.demo.calculator import ScriptedCalculatorTeacher, TOOLS, SYSTEM_PROMPT, build_agent, make_tasks
 from mentor_agents.demo.run import DEMO_CONFIG, demo_student
+from mentor_agents.distill import Run, adapter_for
 from mentor_agents.integrations.langgraph.recording import record
+from mentor_agents.prefix_cache import ConcurrentBatcher
 from mentor_agents.student import load_student, native_bf16
 from mentor_agents.traces import TraceStore
 from mentor_agents.training import TrainResult, load_trained, sft
@@ -67,6 +71,21 @@ def decode(model, tokenizer, questions: list[str], new_tokens: int) -> tuple[flo
     return (cpu[1] - cpu[0]) / (new_tokens - 1), out[:, batch["input_ids"].shape[1]:].tolist()
 
 
+def evaluation(model, tokenizer, wait_s: float, work: Path) -> dict:
+    """CPU seconds and batch sizes of the demo's evaluation of ``model`` on 16 held-out problems."""
+    run = Run(work / f"eval-{wait_s}", adapter_for(build_agent(ScriptedCalculatorTeacher())), demo_student(),
+              DEMO_CONFIG)
+    run.record(ScriptedCalculatorTeacher(), {"train": make_tasks(2, "train"), "test": make_tasks(16, "test", seed=0)})
+    run.evaluate_split("teacher", ScriptedCalculatorTeacher(), "test", reference=True)
+    batcher = ConcurrentBatcher(model, tokenizer.pad_token_id, max_batch=DEMO_CONFIG.eval_batch_size, wait_s=wait_s)
+    chat = run.adapter.student_model(batcher, tokenizer, prefix_cache=None,
+                                     max_new_tokens=DEMO_CONFIG.train.max_new_tokens)
+    start = time.process_time()
+    metrics = run.evaluate_split("student", chat, "test")
+    return {"cpu_s": round(time.process_time() - start, 1), "success": metrics.success,
+            "batch_sizes": dict(sorted(batcher.batch_sizes.items()))}
+
+
 def main() -> None:
     if not native_bf16():
         raise SystemExit("this CPU has no native bf16 (AVX512-BF16 or AMX); bf16 would be emulated")
@@ -92,6 +111,8 @@ def main() -> None:
     first = outputs["LoRA unmerged, fp32"]
     result["decode_rows_as_unmerged_fp32"] = {name: sum(a == b for a, b in zip(ids, first))
                                               for name, ids in outputs.items()}
+    result["evaluation_by_wait_s"] = {str(wait): evaluation(students["merged, bf16"], tokenizer, wait, work)
+                                      for wait in (0.05, 0.3)}
     result["sft_step_ratio"] = round(result["sft_step_cpu_s"]["bf16"] / result["sft_step_cpu_s"]["fp32"], 2)
 
     print("| SFT step, 8 conversations | CPU s |\n|---|---|")
@@ -101,6 +122,9 @@ def main() -> None:
     for name, cpu in result["decode_cpu_s"].items():
         result["decode_cpu_s"][name] = round(cpu, 2)
         print(f"| {name} | {cpu:.2f} | {result['decode_rows_as_unmerged_fp32'][name]} of 8 |")
+    print("\n| batcher wait | evaluation CPU s (16 problems) | batches (size: count) |\n|---|---|---|")
+    for wait, row in result["evaluation_by_wait_s"].items():
+        print(f"| {wait} s | {row['cpu_s']} | {row['batch_sizes']} |")
     OUT.write_text(json.dumps(result, indent=2) + "\n")
 
 

@@ -76,8 +76,8 @@ BFCL_SAMPLE = str(Path(__file__).parents[1] / "tests" / "data" / "bfcl-sample")
 BFCL_SPLITS = ("simple_python", "multiple", "irrelevance")
 CALCULATOR_SPLITS = ("test", "ood_phrasing", "ood_tools")
 SPLITS = (*CALCULATOR_SPLITS, "inventory", *BFCL_SPLITS)
-# Greedy evaluation runs of a split go 8 at a time, their model calls decoded as one batch: the same tokens
-# as one by one (tests/test_prefix_cache.py), for about a third of the CPU.
+# Greedy evaluation runs of a split go 8 at a time, their model calls decoded as one batch (ConcurrentBatcher): the
+# same tokens as one by one up to float rounding, and a batch of 8 costs about 2-3 calls alone.
 EVAL_BATCH = 8
 METHODS = ("untrained", "sft", "sft+sparse", "sft+mentor", "sft+no_match", "mentor", "sparse")
 PAIRS = (("sft+mentor", "sft"), ("sft+mentor", "sft+sparse"))

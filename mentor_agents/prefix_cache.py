@@ -29,7 +29,7 @@ from types import SimpleNamespace
 from typing import Any, Hashable, Sequence
 
 import torch
-from transformers import DynamicCache
+from transformers import DynamicCache, StaticCache
 
 
 @dataclass(frozen=True)
@@ -114,10 +114,11 @@ class RolloutKV:
         """``model.generate(**kwargs)`` over the rows ``prompts`` (one per slot), reusing each slot's cache.
 
         Returns the ``generate`` output and the prompt width: row ``r`` generated ``out.sequences[r, width:]``, and
-        ``out.logits`` is as ``generate`` gives it. ``kwargs`` must ask for ``return_dict_in_generate=True``.
+        ``out.logits`` is as ``generate`` gives it. ``kwargs`` must ask for ``return_dict_in_generate=True`` and
+        give ``max_new_tokens`` (the batch's cache is allocated for it).
         """
         held = self._reused(slots, prompts)
-        cache, mask = self._prefill(held, prompts)
+        cache, mask = self._prefill(held, prompts, kwargs["max_new_tokens"])
         device = self.model.device
         width = mask.shape[1] + 1
         input_ids = torch.tensor([[self.pad_token_id] * (width - len(p)) + p for p in prompts], device=device)
@@ -150,14 +151,18 @@ class RolloutKV:
             held = [kv if h is None else h for h in held]
         return held
 
-    def _prefill(self, held: list[KV], prompts: Sequence[list[int]]) -> tuple[DynamicCache, torch.Tensor]:
-        """One batched cache: row r holds ``held[r]`` left-padded to a common length, then the row's new prompt
-        tokens but the last (left-padded as well). The mask marks the valid slots; positions count valid tokens
-        only, as in an unpadded run."""
+    def _prefill(self, held: list[KV], prompts: Sequence[list[int]], new_tokens: int,
+                 ) -> tuple[StaticCache, torch.Tensor]:
+        """One batched cache with room for ``new_tokens`` more: row r holds ``held[r]`` left-padded to a common
+        length, then the row's new prompt tokens but the last (left-padded as well). The mask marks the valid slots;
+        positions count valid tokens only, as in an unpadded run. The cache is static: a decoding step writes into it
+        in place, where a `DynamicCache` would copy every row's keys and values to append one token."""
         device, rows = self.model.device, len(prompts)
         width = max(map(len, held))
+        chunks = [p[len(kv):-1] for p, kv in zip(prompts, held)]
+        new = max(map(len, chunks))
+        cache = StaticCache(config=self.model.config, max_cache_len=width + new + 1 + new_tokens)
         mask = torch.zeros(rows, width, dtype=torch.long, device=device)
-        layers = []
         for i, (keys, values) in enumerate(max(held, key=len).layers):
             k = keys.new_zeros(rows, keys.shape[1], width, keys.shape[3])
             v = values.new_zeros(rows, values.shape[1], width, values.shape[3])
@@ -165,12 +170,9 @@ class RolloutKV:
                 if len(kv):
                     k[r, :, width - len(kv):] = kv.layers[i][0][0]
                     v[r, :, width - len(kv):] = kv.layers[i][1][0]
-            layers.append((k, v))
+            cache.layers[i].update(k, v)
         for r, kv in enumerate(held):
             mask[r, width - len(kv):] = 1
-        cache = DynamicCache(ddp_cache_data=layers or None, config=self.model.config)
-        chunks = [p[len(kv):-1] for p, kv in zip(prompts, held)]
-        new = max(map(len, chunks))
         if not new:
             return cache, mask
         ids = torch.full((rows, new), self.pad_token_id, dtype=torch.long, device=device)
@@ -300,12 +302,12 @@ class ConcurrentBatcher:
     the model.
 
     On a CPU a decode step reads every weight whatever the batch, so a batch of 8 costs about what 2-3 calls alone do
-    (SmolLM2-135M at 1,300 tokens of context: each step also copies every row's KV cache). A batch decodes for
-    seconds, so waiting ``wait_s`` for the runs still rendering their prompts or running tools is cheap: in the
-    demo's evaluation, 0.3 s against 0.05 s gave batches of 6 instead of 2-4 and 16% less CPU. Each call reuses the KV of the cached sequence that
-    shares the most leading tokens with its prompt (its own previous turn, or another run's system prompt and tools),
-    so it prefills only its new tokens. Greedy tokens equal those of a lone ``generate`` up to float rounding
-    (batched matrix products and padding change the last bits of the logits).
+    (SmolLM2-135M at 1,300 tokens of context). A batch decodes for seconds, so waiting ``wait_s`` for the runs still
+    rendering their prompts or running tools costs little and fills the batches (examples/bench_demo_precision.py
+    compares 0.05 and 0.3 s on the demo's evaluation). Each call reuses the KV of the cached sequence that shares the
+    most leading tokens with its prompt (its own previous turn, or another run's system prompt and tools), so it
+    prefills only its new tokens. Greedy tokens equal those of a lone ``generate`` up to float rounding (batched
+    matrix products and padding change the last bits of the logits).
     """
 
     def __init__(self, model: Any, pad_token_id: int, max_batch: int = 8, wait_s: float = 0.3,
