@@ -52,7 +52,7 @@ DEMO_CONFIG = DistillConfig(
     baselines=("sft",),
     # Eight evaluation runs at once, their model calls decoded as one batch (a batch of 8 costs about 2-3 calls alone),
     # by a copy of the student with its LoRA merged, in bf16 where the CPU computes bf16 natively: a decoding step
-    # then costs about a third of the CPU (examples/bench_demo_precision.py).
+    # then costs about 0.4 of the CPU of the unmerged fp32 student (examples/bench_demo_precision.py).
     concurrency=8, eval_batch_size=8, eval_dtype="bfloat16" if native_bf16() else "float32",
 )
 """The settings `run_demo` uses, measured on a 2-core CPU (see examples/results/demo_run.md)."""
