@@ -26,10 +26,12 @@ import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any, Hashable, Sequence
+from typing import Any, Hashable, Iterable, Sequence, TypeVar
 
 import torch
 from transformers import DynamicCache, StaticCache
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,22 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     n = min(len(a), len(b))
     differ = (torch.tensor(a[:n]) != torch.tensor(b[:n])).nonzero()
     return int(differ[0]) if len(differ) else n
+
+
+def longest_prefix(prompt: Sequence[int], candidates: Iterable[tuple[Sequence[int], T]]) -> tuple[T | None, int]:
+    """Of ``(tokens, item)`` pairs, the item whose tokens share the most leading tokens with ``prompt`` (leaving one
+    prompt token to feed), and how many; ``(None, 0)`` when none shares any."""
+    best, keep = None, 0
+    for tokens, item in candidates:
+        n = min(common_prefix(tokens, prompt), len(prompt) - 1)
+        if n > keep:
+            best, keep = item, n
+    return best, keep
+
+
+def settings_key(kwargs: dict[str, Any]) -> str:
+    """Equal for ``generate`` calls with equal keyword arguments: only such calls can share a batch."""
+    return repr(sorted(kwargs.items(), key=lambda item: item[0]))
 
 
 def prefill(model: Any, tokens: Sequence[int]) -> KV:
@@ -238,11 +256,7 @@ class PrefixCache:
             if version != self.version:
                 self.entries.clear()
                 self.version = version
-            best, keep = None, 0
-            for tokens, kv in self.entries.items():
-                n = min(common_prefix(tokens, prompt), len(prompt) - 1)
-                if n > keep:
-                    best, keep = tokens, n
+            best, keep = longest_prefix(prompt, ((tokens, tokens) for tokens in self.entries))
             self.calls += 1
             self.reused_tokens += keep
             self.prefilled_tokens += len(prompt) - keep
@@ -350,8 +364,8 @@ class ConcurrentBatcher:
 
     def _run_batch(self) -> None:
         """Generate the first pending calls that share ``kwargs`` (the lock is released meanwhile)."""
-        key = repr(sorted(self.pending[0][2].items()))
-        batch = [call for call in self.pending if repr(sorted(call[2].items())) == key][:self.max_batch]
+        key = settings_key(self.pending[0][2])
+        batch = [call for call in self.pending if settings_key(call[2]) == key][:self.max_batch]
         self.pending = [call for call in self.pending if call not in batch]
         self.deadline = time.monotonic() + self.wait_s
         self.busy = True
@@ -377,12 +391,7 @@ class ConcurrentBatcher:
 
     def _slot(self, prompt: list[int]) -> int:
         """A new slot for ``prompt``, holding the longest cached prefix it shares with any earlier sequence."""
-        best: KV | None = None
-        keep = 0
-        for kv in self.kv.rows.values():
-            n = min(common_prefix(kv.tokens, prompt), len(prompt) - 1)
-            if n > keep:
-                best, keep = kv, n
+        best, keep = longest_prefix(prompt, ((kv.tokens, kv) for kv in self.kv.rows.values()))
         slot, self.next_slot = self.next_slot, self.next_slot + 1
         if best is not None:
             self.kv.rows[slot] = best.crop(keep)

@@ -31,7 +31,7 @@ from langgraph.errors import GraphRecursionError
 from mentor_agents.environment import Environment, EnvironmentFactory, map_agent
 from mentor_agents.integrations.langgraph.graphs import swap_model
 from mentor_agents.integrations.langgraph.student_model import StudentChatModel, TokenRecorder, rollout_from_run
-from mentor_agents.prefix_cache import RolloutKV, split_rows
+from mentor_agents.prefix_cache import RolloutKV, settings_key, split_rows
 from mentor_agents.references import RewardReference
 from mentor_agents.rollouts import Rollout, RolloutFn, RolloutSettings
 from mentor_agents.vllm_rollouts import VLLMClientBackend
@@ -106,7 +106,7 @@ class BatchedGenerator:
         groups: dict[str, list[tuple[int, list[int]]]] = {}
         settings: dict[str, dict[str, Any]] = {}
         for slot, (ids, kwargs) in batch:
-            key = repr(sorted(kwargs.items(), key=lambda kv: kv[0]))
+            key = settings_key(kwargs)
             groups.setdefault(key, []).append((slot, ids))
             settings[key] = kwargs
         for key, members in groups.items():
