@@ -1,0 +1,96 @@
+"""Which SFT settings make `mentor demo`'s student both good and the same from run to run? The demo's SFT stage alone,
+per variant of its settings and per seed, scored on the demo's 32 held-out problems (issue 17).
+
+```bash
+OMP_NUM_THREADS=1 python examples/demo_sft_sweep.py --variants train192 train192_lr1e-3 --seeds 0 1 2
+```
+
+Each (variant, seed) is `distill(..., method="sft")` with `DEMO_CONFIG` changed as the variant says, in its own run
+directory under ``--work-dir``: a stopped sweep resumes (finished runs are read back, a run stopped midway resumes
+from its stages). Every variant keeps the demo's SFT cost (the same number of conversations of the same length), so
+the variants differ only in what they learn from and how. It writes ``examples/results/demo_sft_sweep.json`` and a
+table in ``examples/results/demo_sft_sweep.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from mentor_agents.demo.calculator import ScriptedCalculatorTeacher, build_agent, make_tasks
+from mentor_agents.demo.run import DEMO_CONFIG, TEST_TASKS, TRAIN_TASKS, demo_student
+from mentor_agents.distill import distill
+
+RESULTS = Path(__file__).parent / "results"
+VARIANTS: dict[str, dict] = {
+    "demo": {},
+    # 192 problems, each trained on once: the problems come round-robin over the templates, so every template is
+    # seen about equally often, where 192 conversations drawn from 400 see some templates twice as often as others.
+    "train192": {"train_tasks": 192},
+    "train192_lr1e-3": {"train_tasks": 192, "sft_lr": 1e-3},
+    "lr1e-3": {"sft_lr": 1e-3},
+}
+
+
+def run_variant(name: str, seed: int, work_dir: Path) -> dict:
+    """SFT with variant ``name`` at ``seed``; its held-out success and process CPU seconds."""
+    changes = dict(VARIANTS[name])
+    n_train = changes.pop("train_tasks", TRAIN_TASKS)
+    config = replace(DEMO_CONFIG, train=replace(DEMO_CONFIG.train, **changes), baselines=(), seed=seed)
+    cpu = time.process_time()
+    distilled = distill(build_agent(ScriptedCalculatorTeacher()), make_tasks(n_train, "train", seed=seed),
+                        student=demo_student(), method="sft", eval_tasks=make_tasks(TEST_TASKS, "test", seed=0),
+                        config=config, run_dir=work_dir / f"{name}-seed{seed}")
+    evaluation = distilled.metrics["evaluation"]
+    return {"variant": name, "seed": seed, "threads": torch.get_num_threads(),
+            "success": evaluation["sft|test"]["success"], "untrained": evaluation["untrained student|test"]["success"],
+            "cpu_s": round(time.process_time() - cpu, 1)}
+
+
+def write_results(runs: list[dict], results: Path) -> None:
+    lines = ["| variant | settings | seeds | held-out success per seed | mean | spread (points) | CPU s per run |",
+             "|---|---|---|---|---|---|---|"]
+    for name in dict.fromkeys(r["variant"] for r in runs):
+        mine = sorted((r for r in runs if r["variant"] == name), key=lambda r: r["seed"])
+        values = [r["success"] for r in mine]
+        lines.append(f"| {name} | {VARIANTS[name] or 'DEMO_CONFIG'} | {', '.join(str(r['seed']) for r in mine)} | "
+                     f"{', '.join(f'{v:.0%}' for v in values)} | {statistics.mean(values):.0%} | "
+                     f"{round((max(values) - min(values)) * 100)} | "
+                     f"{', '.join(str(round(r['cpu_s'])) for r in mine)} |")
+    (results / "demo_sft_sweep.json").write_text(json.dumps({"variants": VARIANTS, "runs": runs}, indent=2) + "\n")
+    (results / "demo_sft_sweep.md").write_text(
+        "# `mentor demo`'s SFT stage over settings and seeds (examples/demo_sft_sweep.py)\n\n"
+        f"SFT only, scored on the demo's {TEST_TASKS} held-out problems (greedy, as the demo evaluates), one thread "
+        "per run unless the runs say otherwise.\n\n" + "\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--work-dir", type=Path, default=Path("runs/demo_sft_sweep"))
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    args = parser.parse_args()
+
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    done = args.work_dir / "runs.jsonl"
+    runs = [json.loads(line) for line in done.read_text().splitlines()] if done.exists() else []
+    for name in args.variants:
+        for seed in args.seeds:
+            if any(r["variant"] == name and r["seed"] == seed for r in runs):
+                continue
+            runs.append(run_variant(name, seed, args.work_dir))
+            with done.open("a") as out:
+                out.write(json.dumps(runs[-1]) + "\n")
+            write_results(runs, args.results)
+            print(runs[-1], flush=True)
+
+
+if __name__ == "__main__":
+    main()
