@@ -131,3 +131,24 @@ def test_stability_table_replaces_its_block_and_reports_the_spread(tmp_path):
     assert text.count(stability.BEGIN) == 1 and "conditions B" in text and "conditions A" not in text
     assert text.endswith("# Latest run\n\nkept\n")
     assert "| 0 | 1 | 1 min 01 s | 100 | 60% | 62% | 0% | 0.10 -> 0.30 |" in text
+
+
+def test_sft_sweep_table_has_one_row_per_variant_with_its_spread(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "demo_sft_sweep", Path(__file__).parents[1] / "examples" / "demo_sft_sweep.py")
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+
+    runs = [{"variant": "all_layers_b4", "seed": 2, "threads": 1, "success": 0.59375, "untrained": 0.0625,
+             "cpu_s": 614.3},
+            {"variant": "lr1e-3", "seed": 0, "threads": 1, "success": 0.75, "untrained": 0.0625, "cpu_s": 600.0},
+            {"variant": "all_layers_b4", "seed": 0, "threads": 1, "success": 0.625, "untrained": 0.0625,
+             "cpu_s": 529.9}]
+    sweep.write_results(runs, tmp_path)
+    table = (tmp_path / "demo_sft_sweep.md").read_text()
+    assert "| all_layers_b4 | " in table and "| 0, 2 | 62%, 59% | 61% | 3 | 530, 614 |" in table
+    assert "| lr1e-3 | {'sft_lr': 0.001} | 0 | 75% | 75% | 0 | 600 |" in table
+    assert json.loads((tmp_path / "demo_sft_sweep.json").read_text())["runs"] == runs
