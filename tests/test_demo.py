@@ -2,13 +2,14 @@
 evaluation of four models on two splits, report and plots, the student inside the agent). Too short to learn.
 The demo's own parts (closing examples, MENTOR verdict, GRPO reward summary, timing line) are checked alone."""
 
+import importlib.util
 import json
 import re
 import resource
 import time
+from pathlib import Path
 
 import torch
-
 from mentor_agents.demo.calculator import make_tasks
 from mentor_agents.demo.run import (
     closing_examples,
@@ -17,6 +18,7 @@ from mentor_agents.demo.run import (
     run_demo,
     timing_line,
 )
+
 from mentor_agents.traces import Trace, TraceStore
 
 torch.set_num_threads(1)
@@ -106,14 +108,16 @@ def test_timing_line_names_wall_cpu_and_threads():
     assert line.endswith(f"({torch.get_num_threads()} torch thread{'s' if torch.get_num_threads() > 1 else ''})")
 
 
-def test_stability_table_replaces_its_block_and_reports_the_spread(tmp_path):
-    import importlib.util
-    from pathlib import Path
+def example(name: str):
+    """The script ``examples/<name>.py`` as a module."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "examples" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
-    spec = importlib.util.spec_from_file_location(
-        "demo_stability", Path(__file__).parents[1] / "examples" / "demo_stability.py")
-    stability = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(stability)
+
+def test_stability_table_replaces_its_block_and_reports_the_spread(tmp_path):
+    stability = example("demo_stability")
 
     def run(seed, threads, sft, mentor):
         return {"seed": seed, "threads": threads, "wall_s": 61.0, "cpu_s": 100.0 + seed, "grpo_reward": [0.1] * 5 + [0.3] * 5,
@@ -134,13 +138,7 @@ def test_stability_table_replaces_its_block_and_reports_the_spread(tmp_path):
 
 
 def test_sft_sweep_table_has_one_row_per_variant_with_its_spread(tmp_path):
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location(
-        "demo_sft_sweep", Path(__file__).parents[1] / "examples" / "demo_sft_sweep.py")
-    sweep = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sweep)
+    sweep = example("demo_sft_sweep")
 
     runs = [{"variant": "all_layers_b4", "seed": 2, "threads": 1, "success": 0.59375, "untrained": 0.0625,
              "cpu_s": 614.3},
