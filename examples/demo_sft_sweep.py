@@ -6,9 +6,10 @@ OMP_NUM_THREADS=1 python examples/demo_sft_sweep.py --variants all_layers_b4 iss
 ```
 
 Each (variant, seed) is `distill(..., method="sft")` with `DEMO_CONFIG` changed as the variant says, in its own run
-directory under ``--work-dir``: a stopped sweep resumes (finished runs are read back, a run stopped midway resumes
-from its stages). A variant's SFT costs what the demo's does unless its comment says otherwise. It writes
-``examples/results/demo_sft_sweep.json`` and a table in ``examples/results/demo_sft_sweep.md``.
+directory under ``--work-dir``: a stopped sweep resumes (finished runs are read back from ``runs.jsonl``, a run
+stopped midway resumes from its stages). A variant's SFT costs what the demo's does unless its comment says
+otherwise. At the end it writes ``examples/results/demo_sft_sweep.json`` and a table in
+``examples/results/demo_sft_sweep.md``.
 """
 
 from __future__ import annotations
@@ -102,7 +103,6 @@ def main() -> None:
             runs.append(run_variant(name, seed, args.work_dir))
             with done.open("a") as out:
                 out.write(json.dumps(runs[-1]) + "\n")
-            write_results(runs, args.results)
             print(runs[-1], flush=True)
     if runs:
         write_results(runs, args.results)

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import torch
+
 from mentor_agents.demo.calculator import make_tasks
 from mentor_agents.demo.run import (
     closing_examples,
@@ -18,7 +19,6 @@ from mentor_agents.demo.run import (
     run_demo,
     timing_line,
 )
-
 from mentor_agents.traces import Trace, TraceStore
 
 torch.set_num_threads(1)
