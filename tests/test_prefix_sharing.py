@@ -149,6 +149,33 @@ def test_micro_batched_rows_give_the_same_loss_and_gradients(student_dir, checkp
         assert_close_grads(results[1024][4], results[budget][4])
 
 
+def test_conversations_with_their_own_questions_run_as_one_batch_after_the_shared_prefix(student_dir):
+    """An SFT batch: every row asks its own question, so no group has a prompt to share. The rows' whole rest after
+    the system block runs in one call (not a prompt call and a row call each), with the unshared loss, log-probs and
+    gradients (fp32, 1e-5 relative)."""
+    models = {shared: lora_model(student_dir, shared) for shared in (False, True)}
+    torch.manual_seed(0)
+    system = torch.randint(5, models[True].config.vocab_size, (40,))
+    rows = [torch.cat([system, torch.randint(5, models[True].config.vocab_size, (n,))]) for n in (9, 14, 6, 11)]
+    ids, mask = prefix_sharing._right_pad(rows)
+    labels = ids.masked_fill(mask == 0, -100)
+    labels[:, :43] = -100  # the question (3 tokens after the system block) carries no loss
+    results, sizes = {}, []
+    for shared, model in models.items():
+        model.train()
+        hook = model.get_base_model().model.register_forward_pre_hook(
+            lambda m, args, kwargs: sizes.append(kwargs["input_ids"].shape[0]) if shared else None, with_kwargs=True)
+        out = model(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True)
+        out.loss.backward()
+        hook.remove()
+        results[shared] = (out.loss.detach(), out.log_probs.detach(),
+                           {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert sizes == [1, 4]
+    for expected, actual in zip(results[False][:2], results[True][:2]):
+        torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
+    assert_close_grads(results[False][2], results[True][2])
+
+
 def test_micro_batches_pack_the_longest_rows_first():
     assert prefix_sharing._micro_batches([8, 5, 12], 16) == [[2], [0, 1]]
     assert prefix_sharing._micro_batches([3, 3, 3, 3], 6) == [[0, 1], [2, 3]]

@@ -9,10 +9,11 @@ patches a causal LM so that TRL's fused log-prob call (``model(..., labels=label
 - the batch's longest common prefix (system + tools) runs once, at batch size 1;
 - the rest of each group's prompt (rows whose tokens before the first label agree: a GRPO group) runs once per group,
   attending to that prefix's keys and values;
-- each row's remainder (its completion, or the rest of a conversation) runs attending to its group's keys and values,
-  in micro-batches of at most ``micro_batch_tokens`` padded tokens (rows x longest row, longest rows first), so that
-  one long rollout neither pads the whole group to its length nor, under gradient checkpointing, makes the backward
-  pass recompute every row's activations at once.
+- each row's remainder (its completion) runs attending to its group's keys and values; rows alone in their group (an
+  SFT batch's conversations) run their whole rest after the prefix together. Both run in micro-batches of at most
+  ``micro_batch_tokens`` padded tokens (rows x longest row, longest rows first), so that one long rollout neither
+  pads the whole group to its length nor, under gradient checkpointing, makes the backward pass recompute every
+  row's activations at once.
 
 Gradients flow through the shared keys and values, so the loss and the gradients equal the unshared computation up
 to floating-point rounding (tests/test_prefix_sharing.py checks both within fp32 tolerance). The LM head runs only
@@ -96,8 +97,13 @@ def shared_prefix_forward(model: PreTrainedModel, input_ids: torch.Tensor, atten
     shared = _common_prefix(keys) if keys else 0
     run = _segments(model.base_model)
     root = run(keys[0][None, :shared], None, keep=True)[1] if shared else None
+    # A group of one row (in SFT every conversation asks its own question) has no prompt to share: its whole rest
+    # after the shared prefix runs batched with the other such rows, not as two calls of its own.
+    singles = [members[0] for _, members in groups if len(members) == 1]
+    segments = [(None, (shared + 1, singles))] if singles else []
+    segments += [(key, group) for key, group in zip(keys, groups) if len(group[1]) > 1]
     hidden, labels_out, index = [], [], []
-    for key, (first, members) in zip(keys, groups):
+    for key, (first, members) in segments:
         # The key's last token is run with the rows: its hidden state predicts the first label.
         cache = run(key[None, shared:first - 1], root, keep=True)[1] if first - 1 > shared else root
         for batch in _micro_batches([len(rows[i]) - first + 1 for i in members], micro_batch_tokens):
