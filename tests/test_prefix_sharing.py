@@ -45,13 +45,16 @@ def traces(workdir):
     return record(teacher, single_step_tasks(8, "train"), TraceStore(workdir / "traces.jsonl"), progress=False)
 
 
-def lora_model(student_dir, shared: bool, micro_batch_tokens: int = prefix_sharing.MICRO_BATCH_TOKENS):
+def lora_model(student_dir, shared: bool, micro_batch_tokens: int = prefix_sharing.MICRO_BATCH_TOKENS,
+               lora_layers: list[int] | None = None):
     model, _ = load_student(student_dir)
     add_fused_lm_head(model, temperature=0.7, outputs=OUTPUTS)
     if shared:
         add_shared_prefix_head(model, 0.7, OUTPUTS, micro_batch_tokens)
     torch.manual_seed(1)
-    model = get_peft_model(model, TrainConfig().lora())
+    # peft takes chosen layers only with named modules, not "all-linear"
+    modules = "all-linear" if lora_layers is None else ["q_proj", "k_proj", "v_proj", "o_proj", "down_proj"]
+    model = get_peft_model(model, TrainConfig(lora_layers=lora_layers, lora_target_modules=modules).lora())
     for name, param in model.named_parameters():
         if "lora_B" in name:  # a trained adapter, so that the policy differs from the reference
             torch.nn.init.normal_(param, std=0.05)
@@ -174,6 +177,37 @@ def test_conversations_with_their_own_questions_run_as_one_batch_after_the_share
     for expected, actual in zip(results[False][:2], results[True][:2]):
         torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
     assert_close_grads(results[False][2], results[True][2])
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_the_shared_prefix_through_frozen_bottom_layers_is_computed_once(student_dir, checkpointing):
+    """With adapters in the top layer only, the shared prefix's pass through the bottom layer is computed on the first
+    call and replayed on later ones, also in the backward pass's recomputation under checkpointing; loss, log-probs,
+    entropy and gradients stay those of the unshared computation, and after a frozen weight changes the pass is
+    computed again (fp32, 1e-5 relative)."""
+    unshared, shared = (lora_model(student_dir, s, lora_layers=[1]) for s in (False, True))
+    if checkpointing:
+        shared.gradient_checkpointing_enable({"use_reentrant": False})
+    unshared.train(), shared.train()
+    batch = grpo_batch(shared.config.vocab_size)
+    bottom = shared.get_base_model().model.layers[0]
+    lengths = []
+    bottom.self_attn.register_forward_pre_hook(
+        lambda m, args, kwargs: lengths.append(kwargs["hidden_states"].shape[1]), with_kwargs=True)
+    for change, computed in ((False, 2), (False, 0), (True, 2)):
+        if change:
+            for model in (unshared, shared):
+                with torch.no_grad():
+                    model.get_base_model().model.layers[0].mlp.down_proj.weight.mul_(1.5)
+        lengths.clear()
+        want, got = grpo_shaped_loss(unshared, batch), grpo_shaped_loss(shared, batch)
+        unshared.zero_grad(), shared.zero_grad()
+        for expected, actual in zip(want[:4], got[:4]):
+            torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
+        assert_close_grads(want[4], got[4])
+        # The 40-token system block reaches the bottom layer only when its pass is (re)computed: once for the
+        # reference forward (adapter off: both layers frozen) and once for the policy's.
+        assert lengths.count(40) == computed
 
 
 def test_micro_batches_pack_the_longest_rows_first():

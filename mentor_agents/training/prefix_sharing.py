@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import types
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -96,7 +97,8 @@ def shared_prefix_forward(model: PreTrainedModel, input_ids: torch.Tensor, atten
     keys = [rows[members[0]][:first] for first, members in groups]
     shared = _common_prefix(keys) if keys else 0
     run = _segments(model.base_model)
-    root = run(keys[0][None, :shared], None, keep=True)[1] if shared else None
+    root = run(keys[0][None, :shared], None, keep=True, replay=_frozen_prefix(model.base_model, keys[0][:shared]))[1] \
+        if shared else None
     # A group of one row (in SFT every conversation asks its own question) has no prompt to share: its whole rest
     # after the shared prefix runs batched with the other such rows, not as two calls of its own.
     singles = [members[0] for _, members in groups if len(members) == 1]
@@ -165,24 +167,27 @@ def _micro_batches(lengths: list[int], budget: int) -> list[list[int]]:
 
 
 def _segments(backbone):
-    """``run(ids, past, mask=None, keep=False) -> (hidden, cache)``: the backbone on ``ids`` after the keys and values
-    in ``past`` (a cache, left as it is), with the new cache when ``keep``. With the backbone's gradient checkpointing
-    on, each run is checkpointed whole."""
+    """``run(ids, past, mask=None, keep=False, replay=None) -> (hidden, cache)``: the backbone on ``ids`` after the
+    keys and values in ``past`` (a cache, left as it is), with the new cache when ``keep``; ``replay`` (from
+    `_frozen_prefix`) stands in for the bottom layers. With the backbone's gradient checkpointing on, each run is
+    checkpointed whole."""
     checkpointed = backbone.training and torch.is_grad_enabled() and any(
         getattr(m, "gradient_checkpointing", False) for m in backbone.modules())
 
-    def run(ids, past, mask=None, keep=False):
+    def run(ids, past, mask=None, keep=False, replay=None):
         kv = [] if past is None else [t for layer in past.layers for t in (layer.keys, layer.values)]
         if not checkpointed:
-            return _unflatten(_run(backbone, ids, mask, keep, *kv))
-        return _unflatten(checkpoint(_run, backbone, ids, mask, keep, *kv, use_reentrant=False))
+            return _unflatten(_run(backbone, ids, mask, keep, *kv, replay=replay))
+        return _unflatten(checkpoint(_run, backbone, ids, mask, keep, *kv, replay=replay, use_reentrant=False))
 
     return run
 
 
-def _run(backbone, ids: torch.Tensor, mask: torch.Tensor | None, keep: bool, *past: torch.Tensor):
+def _run(backbone, ids: torch.Tensor, mask: torch.Tensor | None, keep: bool, *past: torch.Tensor,
+         replay: FrozenPrefix | None = None):
     """Last hidden states of ``ids`` after the keys and values ``past`` (flat: k0, v0, k1, v1, ...), and the flat
-    keys and values with ``ids`` appended when ``keep``."""
+    keys and values with ``ids`` appended when ``keep``. With ``replay`` (``ids`` being its tokens, no ``past``), its
+    layers hand back their stored keys, values and output instead of computing them."""
     n, length = ids.shape
     cache = _cache(past, n)
     start = cache.get_seq_length()
@@ -194,13 +199,75 @@ def _run(backbone, ids: torch.Tensor, mask: torch.Tensor | None, keep: bool, *pa
     layers = [m for m in backbone.modules() if getattr(m, "gradient_checkpointing", False)]
     for layer in layers:
         layer.gradient_checkpointing = False
+    replayed = backbone.layers[:len(replay.keys)] if replay is not None else []
+    for i, layer in enumerate(replayed):
+        layer.forward = functools.partial(replay.layer, i)
     try:
         out = backbone(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
     finally:
         for layer in layers:
             layer.gradient_checkpointing = True
+        for layer in replayed:
+            del layer.forward
     kept = [t for layer in cache.layers for t in (layer.keys, layer.values)] if keep else []
     return (out.last_hidden_state, *kept)
+
+
+@dataclass(frozen=True)
+class FrozenPrefix:
+    """The shared prefix's pass through the bottom decoder layers that training leaves unchanged (no trainable
+    parameter in them or below, no dropout): per layer its keys and values, and the last one's output. Computed once
+    and replayed on every step, since LoRA in the top layers only (``TrainConfig.lora_layers``) never changes them."""
+
+    key: tuple
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    output: torch.Tensor
+
+    def layer(self, i: int, hidden_states: torch.Tensor, *args, cache, **kwargs) -> torch.Tensor:
+        """Decoder layer ``i``'s forward, replayed: its keys and values into ``cache``, and its output."""
+        cache.update(self.keys[i], self.values[i], i)
+        return self.output if i == len(self.keys) - 1 else hidden_states
+
+
+def _frozen_prefix(backbone, ids: torch.Tensor) -> FrozenPrefix | None:
+    """The `FrozenPrefix` of ``ids`` (one row) for ``backbone``, computed on first use and kept on the backbone (one
+    per number of frozen layers) until the prefix, a frozen weight (its tensor version) or the autocast setting
+    changes; None when no bottom layer is frozen."""
+    layers = getattr(backbone, "layers", None)
+    embeddings = backbone.get_input_embeddings()
+    config = backbone.config.get_text_config()
+    dropout = backbone.training and getattr(config, "attention_dropout", 0.0)
+    if layers is None or dropout or any(p.requires_grad for p in embeddings.parameters()):
+        return None
+    depth = 0
+    for layer in layers:
+        if any(p.requires_grad for p in layer.parameters()) or (backbone.training and any(
+                isinstance(m, torch.nn.Dropout) and m.p > 0 for m in layer.modules())):
+            break
+        depth += 1
+    if depth == 0:
+        return None
+    device = ids.device.type
+    frozen = [p for layer in layers[:depth] for p in layer.parameters()] + list(embeddings.parameters())
+    key = (tuple(ids.tolist()), depth, tuple((p.data_ptr(), p._version) for p in frozen),
+           torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
+    # One per depth: with its adapters disabled (a reference forward) the model freezes more layers.
+    stored = getattr(backbone, "_frozen_prefix", {}).get(depth)
+    if stored is not None and stored.key == key:
+        return stored
+    captured = {}
+    hook = layers[depth - 1].register_forward_hook(lambda module, args, out: captured.setdefault("output", out))
+    try:
+        with torch.no_grad():
+            _, *kv = _run(backbone, ids[None], None, True)
+    finally:
+        hook.remove()
+    output = captured["output"]
+    stored = FrozenPrefix(key, kv[0:2 * depth:2], kv[1:2 * depth:2],
+                          output[0] if isinstance(output, tuple) else output)
+    backbone._frozen_prefix = {**getattr(backbone, "_frozen_prefix", {}), depth: stored}
+    return stored
 
 
 def _cache(past: Sequence[torch.Tensor], n: int) -> DynamicCache:
