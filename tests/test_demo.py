@@ -7,13 +7,16 @@ import json
 import re
 import resource
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from mentor_agents.demo.calculator import make_tasks
 from mentor_agents.demo.run import (
+    QUICK_CONFIG,
     closing_examples,
+    grpo_scale,
     mentor_verdict,
     reward_start_end,
     run_demo,
@@ -48,7 +51,7 @@ def test_quick_demo_runs_every_stage(tmp_path, capsys):
 
     out = capsys.readouterr().out
     assert "held-out success" in out and "MENTOR (sft+mentor)" in out and "untrained student" in out
-    assert "GRPO mean reward" in out
+    assert "GRPO mean reward" in out and grpo_scale(QUICK_CONFIG.train) in " ".join(out.split())
     assert "the distilled student inside the agent" in out and "user:" in out
     # The verdicts printed are the ones the numbers give.
     before = metrics["evaluation"]["untrained student|test"]["success"]
@@ -92,6 +95,12 @@ def test_mentor_verdict_says_whether_grpo_helped():
     assert mentor_verdict(metrics(0.6, 0.7)) == "MENTOR GRPO added 10 points of held-out success over SFT (60% -> 70%)."
     assert mentor_verdict(metrics(0.7, 0.7)).startswith("MENTOR GRPO did not help here: held-out success 70% after SFT")
     assert "did not help" in mentor_verdict(metrics(0.7, 0.6))
+
+
+def test_grpo_scale_warns_that_a_short_grpo_has_no_learning_curve():
+    short = grpo_scale(QUICK_CONFIG.train)
+    assert short.startswith("GRPO ran 2 steps of 2 problem(s) x 2 rollouts (8 rollouts).") and "how hard" in short
+    assert "how hard" not in grpo_scale(replace(QUICK_CONFIG.train, steps=50))
 
 
 def test_reward_start_end_averages_the_first_and_last_steps():
