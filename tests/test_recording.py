@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 
@@ -76,6 +77,18 @@ class HangsOnOneQuestionTeacher(ScriptedCalculatorTeacher):
         if any(self.poison in str(m.content) for m in messages):
             await asyncio.sleep(3600)
         return self._generate(messages, stop, run_manager, **kwargs)
+
+
+class GatheringTeacher(ScriptedCalculatorTeacher):
+    """A synchronous model that holds each run's first call until ``_barrier``'s parties all made theirs: they only
+    get through when that many calls run at once."""
+
+    _barrier: threading.Barrier = PrivateAttr()
+
+    def _generate(self, messages, stop=None, run_manager=None, **kwargs):
+        if not any(isinstance(m, ToolMessage) for m in messages):
+            self._barrier.wait()
+        return super()._generate(messages, stop, run_manager, **kwargs)
 
 
 class TextCallTeacher(ScriptedCalculatorTeacher):
@@ -178,6 +191,16 @@ def test_record_many_tasks_with_concurrency_keeps_task_order(tmp_path):
     for trace, task in zip(traces, tasks):
         assert sorted({c.name for c in trace.tool_calls}) == task.metadata["tools"]
         assert [s.call_id for s in trace.tool_steps] == [c.id for c in trace.tool_calls]
+
+
+def test_concurrency_is_not_capped_by_the_event_loops_default_thread_pool(tmp_path):
+    # asyncio's default pool has min(32, CPUs + 4) threads, and a synchronous chat model runs its calls on it.
+    concurrency = min(32, (os.cpu_count() or 1) + 4) + 1
+    teacher = GatheringTeacher()
+    teacher._barrier = threading.Barrier(concurrency, timeout=20)
+    traces = record(build_agent(teacher), make_tasks(concurrency, "train"), tmp_path / "t.jsonl",
+                    concurrency=concurrency, retries=0, progress=False)
+    assert [t.error for t in traces] == [None] * concurrency and all(t.verdict == "correct" for t in traces)
 
 
 def test_lenient_parse_marker_sets_parsed_from_text(tmp_path):

@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 from urllib.parse import urlsplit, urlunsplit
@@ -315,7 +317,9 @@ async def arecord(agent: Any, tasks: Sequence[Task | str], store: TraceStore | s
                   retries: int = 3, backoff_s: float = 1.0, samples: int = 1, max_turns: int | None = None,
                   stop_loops: bool = False, redact: Callable[[Trace], Trace] | None = None, progress: bool = True,
                   retry_failed: bool = False, tool_timeout_s: float | None = None) -> list[Trace]:
-    """The async form of `record`, for callers already inside an event loop."""
+    """The async form of `record`, for callers already inside an event loop. Synchronous chat models and tools run
+    on that loop's default thread pool, which caps the runs at once at its size (`record` sizes it to
+    ``concurrency``)."""
     if concurrency < 1 or samples < 1 or retries < 0 or timeout_s <= 0:
         raise ValueError(f"need concurrency >= 1, samples >= 1, retries >= 0 and timeout_s > 0; got "
                          f"concurrency={concurrency}, samples={samples}, retries={retries}, timeout_s={timeout_s}")
@@ -384,7 +388,15 @@ def record(agent: Any, tasks: Sequence[Task | str], store: TraceStore | str, *,
         pass
     else:
         raise RuntimeError("record() was called inside a running event loop; use `await arecord(...)` there")
-    return asyncio.run(arecord(agent, tasks, store, environment=environment, concurrency=concurrency,
-                               timeout_s=timeout_s, retries=retries, backoff_s=backoff_s, samples=samples,
-                               max_turns=max_turns, stop_loops=stop_loops, redact=redact, progress=progress,
-                               retry_failed=retry_failed, tool_timeout_s=tool_timeout_s))
+
+    async def main() -> list[Trace]:
+        # Synchronous chat models and tools run on the loop's default thread pool, whose min(32, CPUs + 4) threads
+        # would hold the runs at once below ``concurrency`` (6 on a 2-core machine).
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(max(concurrency, min(32, (os.cpu_count() or 1) + 4))))
+        return await arecord(agent, tasks, store, environment=environment, concurrency=concurrency,
+                             timeout_s=timeout_s, retries=retries, backoff_s=backoff_s, samples=samples,
+                             max_turns=max_turns, stop_loops=stop_loops, redact=redact, progress=progress,
+                             retry_failed=retry_failed, tool_timeout_s=tool_timeout_s)
+
+    return asyncio.run(main())
