@@ -34,7 +34,7 @@ from mentor_agents.training import TrainConfig
 if TYPE_CHECKING:
     from rich.console import Console
 
-# Held-out sets in whole waves of the 8 concurrent evaluation runs.
+# The held-out set is one wave of the 32 concurrent evaluation runs.
 TRAIN_TASKS, TEST_TASKS, OOD_TASKS = 400, 32, 8
 
 DEMO_CONFIG = DistillConfig(
@@ -52,10 +52,11 @@ DEMO_CONFIG = DistillConfig(
         max_completion_length=384, beta=0.0, logging_steps=1,
     ),
     baselines=("sft",),
-    # Eight evaluation runs at once, their model calls decoded as one batch (a batch of 8 costs about 2-3 calls alone),
-    # by a copy of the student with its LoRA merged, in bf16 where the CPU computes bf16 natively: a decoding step
-    # then costs about 0.4 of the CPU of the unmerged fp32 student (examples/bench_demo_precision.py).
-    concurrency=8, eval_batch_size=8, eval_dtype="bfloat16" if native_bf16() else "float32",
+    # All 32 held-out runs at once, their model calls decoded as one batch (the SFT student's evaluation: 79 CPU s
+    # against 124 with 8 at once, examples/bench_demo_eval.py), by a copy of the student with its LoRA merged, in
+    # bf16 where the CPU computes bf16 natively: a decoding step then costs about 0.4 of the CPU of the unmerged fp32
+    # student (examples/bench_demo_precision.py).
+    concurrency=32, eval_batch_size=32, eval_dtype="bfloat16" if native_bf16() else "float32",
 )
 """The settings `run_demo` uses, measured on a 2-core CPU (see examples/results/demo_run.md)."""
 
