@@ -34,7 +34,7 @@ from mentor_agents.training import TrainConfig
 if TYPE_CHECKING:
     from rich.console import Console
 
-# The held-out set is one wave of the 32 concurrent evaluation runs.
+# Held-out sets in whole waves of the 8 concurrent evaluation runs.
 TRAIN_TASKS, TEST_TASKS, OOD_TASKS = 400, 32, 8
 
 DEMO_CONFIG = DistillConfig(
@@ -52,11 +52,11 @@ DEMO_CONFIG = DistillConfig(
         max_completion_length=384, beta=0.0, logging_steps=1,
     ),
     baselines=("sft",),
-    # All 32 held-out runs at once, their model calls decoded as one batch (the SFT student's evaluation: 79 CPU s
-    # against 124 with 8 at once, examples/bench_demo_eval.py), by a copy of the student with its LoRA merged, in
-    # bf16 where the CPU computes bf16 natively: a decoding step then costs about 0.4 of the CPU of the unmerged fp32
-    # student (examples/bench_demo_precision.py).
-    concurrency=32, eval_batch_size=32, eval_dtype="bfloat16" if native_bf16() else "float32",
+    # Eight evaluation runs at once, their model calls decoded as one batch, by a copy of the student with its LoRA
+    # merged, in bf16 where the CPU computes bf16 natively: a decoding step then costs about 0.4 of the CPU of the
+    # unmerged fp32 student (examples/bench_demo_precision.py). All 32 at once cost less CPU (74-79 CPU s against 124
+    # for the SFT student, examples/bench_demo_eval.py), but the whole demo then peaked at 16.8 GB, not 9.5.
+    concurrency=8, eval_batch_size=8, eval_dtype="bfloat16" if native_bf16() else "float32",
 )
 """The settings `run_demo` uses, measured on a 2-core CPU (see examples/results/demo_run.md)."""
 
