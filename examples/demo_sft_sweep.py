@@ -8,8 +8,8 @@ OMP_NUM_THREADS=1 python examples/demo_sft_sweep.py --variants all_layers_b4 iss
 Each (variant, seed) is `distill(..., method="sft")` with `DEMO_CONFIG`, its SFT settings set to the earlier demo's
 (`EARLIER_DEMO_SFT`) and then changed as the variant says, in its own run directory under ``--work-dir``: a stopped
 sweep resumes (finished runs are read back from ``runs.jsonl``, a run stopped midway resumes from its stages). A
-variant's SFT costs what the earlier demo's did unless its comment says otherwise. At the end it writes ``examples/results/demo_sft_sweep.json`` and a table in
-``examples/results/demo_sft_sweep.md``.
+variant's SFT costs what the earlier demo's did unless its comment says otherwise. At the end it writes
+``examples/results/demo_sft_sweep.json`` and a table in ``examples/results/demo_sft_sweep.md``.
 """
 
 from __future__ import annotations

@@ -164,13 +164,12 @@ def test_conversations_with_their_own_questions_run_as_one_batch_after_the_share
     labels = ids.masked_fill(mask == 0, -100)
     labels[:, :43] = -100  # the question (3 tokens after the system block) carries no loss
     results, sizes = {}, []
+    models[True].get_base_model().model.register_forward_pre_hook(
+        lambda m, args, kwargs: sizes.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
     for shared, model in models.items():
         model.train()
-        hook = model.get_base_model().model.register_forward_pre_hook(
-            lambda m, args, kwargs: sizes.append(kwargs["input_ids"].shape[0]) if shared else None, with_kwargs=True)
         out = model(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True)
         out.loss.backward()
-        hook.remove()
         results[shared] = (out.loss.detach(), out.log_probs.detach(),
                            {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
     assert sizes == [1, 4]
