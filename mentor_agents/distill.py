@@ -255,6 +255,7 @@ class Run:
         """Per split, the references that `evaluate_split` scores against (from a ``reference=True`` model)."""
         self._base: tuple[Any, Any] | None = None
         self._trained: dict[str, TrainResult] = {}
+        self._batchers: dict[int, Any] = {}
 
     # --- record
 
@@ -361,7 +362,9 @@ class Run:
         from mentor_agents.prefix_cache import ConcurrentBatcher
 
         batcher = ConcurrentBatcher(model, tokenizer.pad_token_id, max_batch=self.config.eval_batch_size)
-        return self.adapter.student_model(batcher, tokenizer, prefix_cache=None, **bound)
+        chat_model = self.adapter.student_model(batcher, tokenizer, prefix_cache=None, **bound)
+        self._batchers[id(chat_model)] = batcher
+        return chat_model
 
     def evaluate(self, models: dict[str, Any]) -> dict[tuple[str, str], Metrics]:
         """Each model (a chat model of the agent's framework) on each held-out split (test, ood); a model named
@@ -382,6 +385,10 @@ class Run:
         cpu = time.process_time()
         traces = eval_traces(self.state, adapter or self.adapter, name, split, self.splits, model,
                              config or self.config)
+        if id(model) in self._batchers:
+            # The split's runs have ended, so their cached turns would only hold memory (about 1 GB at a batch of
+            # 32) while the other models are evaluated.
+            self._batchers[id(model)].clear()
         if reference:
             verifiers = custom_verifiers(self.splits[split])
             self.eval_references[split] = {r.task_id: r for r in build_references(traces, verifiers=verifiers)}

@@ -362,6 +362,11 @@ class ConcurrentBatcher:
             raise result
         return result
 
+    def clear(self) -> None:
+        """Free every cached sequence, once the runs that would continue them have ended."""
+        with self.cond:
+            self.kv.rows.clear()
+
     def _run_batch(self) -> None:
         """Generate the first pending calls that share ``kwargs`` (the lock is released meanwhile)."""
         key = settings_key(self.pending[0][2])

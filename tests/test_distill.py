@@ -112,3 +112,14 @@ def test_evaluation_uses_a_merged_copy_in_the_eval_dtype_and_bad_names_are_refus
         assert not torch.allclose(base(ids).logits, trained(ids).logits, atol=0.05, rtol=0.05)
     out = run.adapter.swap(chat).invoke({"messages": [("user", "What is 2 plus 3?")]})
     assert out["messages"][-1].type == "ai"
+
+
+def test_an_evaluation_frees_its_runs_cached_turns_once_they_have_ended(tmp_path):
+    agent = build_agent(ScriptedCalculatorTeacher())
+    config = DistillConfig(eval_batch_size=3, train=TrainConfig(max_new_tokens=8, max_turns=2))
+    run = Run(tmp_path, adapter_for(agent), "tiny", config)
+    run.splits = {"test": make_tasks(3, "test")}
+    chat = run.student_model(*run.base())
+    run.evaluate_split("student", chat, "test")
+    batcher = chat.model
+    assert sum(batcher.batch_sizes.values()) >= 1 and batcher.kv.rows == {}
