@@ -26,6 +26,7 @@ import json
 import os
 import random
 import time
+import weakref
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -49,6 +50,7 @@ from mentor_agents.traces import Trace, TraceStore
 
 if TYPE_CHECKING:  # torch and transformers load on first use, so that `import mentor_agents` stays light
     from mentor_agents.from_scratch import FittedStudentConfig
+    from mentor_agents.prefix_cache import ConcurrentBatcher
     from mentor_agents.rollouts import RolloutFn
     from mentor_agents.training import TrainConfig, TrainResult
 
@@ -255,7 +257,8 @@ class Run:
         """Per split, the references that `evaluate_split` scores against (from a ``reference=True`` model)."""
         self._base: tuple[Any, Any] | None = None
         self._trained: dict[str, TrainResult] = {}
-        self._batchers: dict[int, Any] = {}
+        # By the id of the chat model that holds it; weak, so a chat model let go frees its batcher and model copy.
+        self._batchers: weakref.WeakValueDictionary[int, ConcurrentBatcher] = weakref.WeakValueDictionary()
 
     # --- record
 
@@ -385,10 +388,10 @@ class Run:
         cpu = time.process_time()
         traces = eval_traces(self.state, adapter or self.adapter, name, split, self.splits, model,
                              config or self.config)
-        if id(model) in self._batchers:
+        if (batcher := self._batchers.get(id(model))) is not None:
             # The split's runs have ended, so their cached turns would only hold memory (about 1 GB at a batch of
             # 32) while the other models are evaluated.
-            self._batchers[id(model)].clear()
+            batcher.clear()
         if reference:
             verifiers = custom_verifiers(self.splits[split])
             self.eval_references[split] = {r.task_id: r for r in build_references(traces, verifiers=verifiers)}

@@ -2,6 +2,7 @@
 and the one-line call with no tasks, where the teacher writes them."""
 
 import copy
+import gc
 import json
 from dataclasses import replace
 
@@ -123,3 +124,6 @@ def test_an_evaluation_frees_its_runs_cached_turns_once_they_have_ended(tmp_path
     run.evaluate_split("student", chat, "test")
     batcher = chat.model
     assert sum(batcher.batch_sizes.values()) >= 1 and batcher.kv.rows == {}
+    del chat, batcher  # the run does not keep a chat model's batcher, nor its model copy, alive
+    gc.collect()
+    assert len(run._batchers) == 0
