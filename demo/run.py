@@ -55,7 +55,7 @@ DEMO_CONFIG = DistillConfig(
     # Eight evaluation runs at once, their model calls decoded as one batch, by a copy of the student with its LoRA
     # merged, in bf16 where the CPU computes bf16 natively: a decoding step then costs about 0.4 of the CPU of the
     # unmerged fp32 student (examples/bench_demo_precision.py). All 32 at once cost less CPU (74-79 CPU s against 124
-    # for the SFT student, examples/bench_demo_eval.py), but the whole demo then peaked at 16.8 GB, not 9.5.
+    # for the SFT student, examples/bench_demo_eval.py), but the whole demo then peaked at 14.8 GB, against 8.4-10.6.
     concurrency=8, eval_batch_size=8, eval_dtype="bfloat16" if native_bf16() else "float32",
 )
 """The settings `run_demo` uses, measured on a 2-core CPU (see examples/results/demo_run.md)."""

@@ -23,7 +23,7 @@ import torch
 
 from mentor_agents.demo.calculator import ScriptedCalculatorTeacher, build_agent, make_tasks
 from mentor_agents.demo.run import DEMO_CONFIG, demo_student
-from mentor_agents.distill import adapter_for
+from mentor_agents.integrations.langgraph.recording import record
 from mentor_agents.student import native_bf16
 from mentor_agents.traces import TraceStore
 from mentor_agents.training import sft
@@ -48,10 +48,8 @@ def main() -> None:
     student = demo_student()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        store = TraceStore(work / "traces.jsonl")
-        adapter_for(build_agent(ScriptedCalculatorTeacher())).record(make_tasks(40, "train"), store,
-                                                                      model=ScriptedCalculatorTeacher())
-        traces = store.read()
+        traces = record(build_agent(ScriptedCalculatorTeacher()), make_tasks(40, "train"),
+                        TraceStore(work / "traces.jsonl"), progress=False)
         rows = {}
         for name, layers in LAYERS.items():
             for bf16 in (False, True) if native_bf16() else (False,):

@@ -50,8 +50,7 @@ def main() -> None:
     batcher = ConcurrentBatcher(model, tokenizer.pad_token_id, max_batch=8)
     chat = run.adapter.student_model(batcher, tokenizer, prefix_cache=None,
                                      max_new_tokens=config["scale"]["max_new_tokens"], model_name="student/sft")
-    metrics = run.evaluate_split("sft_merged_control", chat, "test", config=DistillConfig(concurrency=8,
-                                                                                          timeout_s=900))
+    metrics = run.evaluate_split("sft_merged_control", chat, "test")
     mine = {t.task_id: t for t in TraceStore(args.out / "eval" / "sft_merged_control-test.jsonl").read()}
     print(f"merged SFT, no GRPO: test success {metrics.success:.0%}")
     for name in ("sft", "sft_sparse", "sft_mentor"):
