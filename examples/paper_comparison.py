@@ -61,6 +61,7 @@ from mentor_agents.distill import DistillConfig, Run, RunState, read_metrics, wr
 from mentor_agents.evaluation import (Metrics, bootstrap_ci, paired_bootstrap, plot_success,
                                       save_figure)
 from mentor_agents.files import write_text_atomic
+from mentor_agents.messages import tool_names
 from mentor_agents.prefix_cache import ConcurrentBatcher
 from mentor_agents.demo import calculator, inventory
 from mentor_agents.integrations.langgraph.adapter import LangGraphAdapter
@@ -68,6 +69,7 @@ from mentor_agents.integrations.openai.server import create_app, running_server
 from mentor_agents.integrations.openai.teacher import OpenAITeacher
 from mentor_agents.references import summarize
 from mentor_agents.student import find_packaged_gguf
+from mentor_agents.traces import ModelStep, Trace, read_jsonl
 from mentor_agents.training import TrainConfig, method_dir
 
 OUT = Path(__file__).parent / "results" / "mentor_comparison"
@@ -393,9 +395,43 @@ def collect(out: Path) -> dict[str, Any]:
                                                               sorted({k for s in steps for k in s})
                                                               if k in DYNAMICS or k.startswith("reward/")}}
             cpu[rest] = cpu.get(rest, 0.0) + info["cpu_s"]
+        endings = {model: {split: run_endings(state.parent / "eval" / f"{method_dir(model)}-{split}.jsonl",
+                                             set(info["outcomes"]))
+                           for split, info in by_split.items() if split not in BFCL_SPLITS}
+                   for model, by_split in evals.items()}
         runs[state.parent.name] = {"teacher_train": done.get("teacher:train"), "evaluation": evals,
-                                   "training": training, "cpu_hours": {m: s / 3600 for m, s in cpu.items()}}
+                                   "endings": endings, "training": training,
+                                   "cpu_hours": {m: s / 3600 for m, s in cpu.items()}}
     return runs
+
+
+ENDINGS = ("correct", "wrong after valid calls", "unknown tool", "malformed call", "no call", "cut off")
+
+
+def run_ending(trace: Trace) -> str:
+    """How one agent run ended, the first that applies of `ENDINGS`. A call the student's parser rejects ends the
+    run: the graph's tool node never sees it, so the student gets no error message to correct it by."""
+    if trace.verdict == "correct":
+        return "correct"
+    if trace.stopped is not None:
+        return "cut off"
+    offered = tool_names(trace.tools)
+    rejected = [c for s in trace.steps if isinstance(s, ModelStep) for c in s.output.get("invalid_tool_calls") or []]
+    if any(c.get("name") and c["name"] not in offered for c in rejected):
+        return "unknown tool"
+    if rejected:
+        return "malformed call"
+    return "wrong after valid calls" if trace.tool_calls else "no call"
+
+
+def run_endings(path: Path, task_ids: set[str]) -> dict[str, int]:
+    """`run_ending` counts over the evaluated tasks recorded in ``path``."""
+    traces, _ = read_jsonl(path, Trace, skip_invalid=True)
+    counts = dict.fromkeys(ENDINGS, 0)
+    for trace in traces:
+        if trace.task_id in task_ids:
+            counts[run_ending(trace)] += 1
+    return counts
 
 
 def seed_of(run_name: str) -> int:
@@ -452,6 +488,21 @@ def success_rows(runs: dict[str, Any], teacher: str) -> tuple[list[str], dict[tu
                 pooled[(model, split)] = Metrics(len(outcomes), mean, bootstrap_ci(outcomes), None, None,
                                                  0.0, 0.0, 0.0, 0.0, 0.0, 0)
     return rows, pooled
+
+
+def ending_rows(runs: dict[str, Any], teacher: str) -> list[str]:
+    """Markdown rows per (method, agent split): how the runs ended (`ENDINGS`), counts summed over seeds."""
+    totals: dict[tuple[str, str], dict[str, int]] = {}
+    for name in sorted(runs):
+        if name.startswith(teacher + "-"):
+            for model, by_split in runs[name]["endings"].items():
+                for split, counts in by_split.items():
+                    total = totals.setdefault((model, split), dict.fromkeys(ENDINGS, 0))
+                    for ending, n in counts.items():
+                        total[ending] += n
+    keys = sorted(totals, key=lambda key: ((MODEL_ORDER + [key[0]]).index(key[0]), SPLITS.index(key[1])))
+    return [f"| {model} | {split} | {sum(totals[model, split].values())} | "
+            + " | ".join(str(totals[model, split][e]) for e in ENDINGS) + " |" for model, split in keys]
 
 
 def dynamics_rows(runs: dict[str, Any], teacher: str, out: Path, plots: bool) -> list[str]:
@@ -525,6 +576,11 @@ def write_outputs(out: Path, plots: bool = True) -> None:
                       "|---|---|" + "---|" * (len(SPLITS) + 1), *rows, ""]
             parts += ["### Paired differences", "", "| difference | split | pooled [95% CI] | pairs | success "
                       "| per seed |", "|---|---|---|---|---|---|", *paired_rows(runs, teacher), ""]
+            parts += ["### How the agent runs ended (seeds summed)", "",
+                      ("A call the student's parser rejects (an unknown tool name, or a call it cannot parse) ends "
+                       "the run: it never reaches the graph's tool node."), "",
+                      "| model | split | runs | " + " | ".join(ENDINGS) + " |", "|---|---|---|" + "---|" * len(ENDINGS),
+                      *ending_rows(runs, teacher), ""]
             parts += ["### GRPO dynamics (mean of the first 5 → last 5 steps)", "",
                       "| method | seed | reward | steps | reward | frac_reward_zero_std | valid-call rate | "
                       "invalid-call rate | CPU h |", "|---|---|---|---|---|---|---|---|---|",

@@ -43,6 +43,10 @@ def test_quick_comparison_runs_every_method_and_split_and_reports_paired_differe
         assert (tmp_path / "plots" / f"dynamics-teacherA-seed0-{comparison.method_dir(method)}.png").is_file()
     assert (tmp_path / "plots" / "success-teacherA.png").is_file()
 
+    for method in METHODS:  # every agent run of every split ended one way
+        for split in ("test", "ood_phrasing", "ood_tools", "inventory"):
+            assert sum(run["endings"][method][split].values()) == evaluation[method][split]["tasks"], (method, split)
+
     report = (tmp_path / "results.md").read_text()
     for a, b in comparison.PAIRS:
         for split in comparison.SPLITS:
@@ -74,3 +78,27 @@ def test_the_swept_recipe_is_the_best_dev_cell_and_a_tie_goes_to_the_larger_rewa
     (tmp_path / "sweep.json").write_text(json.dumps({"cells": cells[:1]}))
     with pytest.raises(SystemExit, match="no finished recipe cell"):
         comparison.swept_recipe(tmp_path)
+
+
+def test_a_run_ends_in_the_first_way_that_applies():
+    comparison = script()
+    from mentor_agents.traces import ModelStep, ToolCall, Trace
+
+    add = {"type": "function", "function": {"name": "add", "parameters": {"type": "object", "properties": {}}}}
+
+    def run(*outputs: dict, verdict: str = "wrong", stopped: str | None = None) -> Trace:
+        steps = [ModelStep(input_messages=[], output=o, tool_calls=[ToolCall(id="c", name=c["name"], args={})
+                                                                   for c in o.get("tool_calls", [])])
+                 for o in outputs]
+        return Trace(task_id="t", task_input="1 + 2?", tools=[add], steps=steps, verdict=verdict, stopped=stopped)
+
+    valid = {"role": "assistant", "content": "", "tool_calls": [{"name": "add"}]}
+    unknown = {"role": "assistant", "content": "", "invalid_tool_calls": [{"name": "plus", "error": "unknown tool"}]}
+    malformed = {"role": "assistant", "content": "", "invalid_tool_calls": [{"name": None, "error": "bad JSON"}]}
+    text = {"role": "assistant", "content": "Answer: 4"}
+    assert comparison.run_ending(run(valid, text, verdict="correct")) == "correct"
+    assert comparison.run_ending(run(valid, valid, stopped="turn_limit")) == "cut off"
+    assert comparison.run_ending(run(valid, unknown)) == "unknown tool"
+    assert comparison.run_ending(run(malformed)) == "malformed call"
+    assert comparison.run_ending(run(text)) == "no call"
+    assert comparison.run_ending(run(valid, text)) == "wrong after valid calls"
