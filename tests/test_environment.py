@@ -186,6 +186,26 @@ def test_evaluation_runs_are_bounded_and_the_report_counts_the_stops(tmp_path):
     assert evaluate_traces(traces["slow"]).timeouts == 2
 
 
+class CallingUnknown(ScriptedTeacher):
+    """A stand-in for a student that calls a tool it was not given, the same call every turn."""
+
+    def _respond(self, messages: list[BaseMessage], bound: set[str]) -> AIMessage:
+        turn = sum(isinstance(m, AIMessage) for m in messages)
+        return AIMessage(content="", tool_calls=[{"name": "spend", "args": {"amount": 3}, "id": f"c{turn}",
+                                                  "type": "tool_call"}])
+
+
+def test_a_stopped_run_keeps_the_tool_results_the_agent_was_shown(tmp_path):
+    agent = calculator.build_agent(CallingUnknown())
+    (trace,) = record(agent, [Task(id="t", input="I spend 3, how much is left?")], tmp_path / "t.jsonl",
+                      max_turns=3, stop_loops=True, retries=0, progress=False)
+    assert trace.stopped == "loop" and trace.verdict == "unknown"
+    # The first turn's call was answered by the graph's tool node itself: no tool ran, and the answer is kept.
+    (step,) = trace.tool_steps
+    assert step.name == "spend" and step.error and "spend is not a valid tool" in step.result
+    assert TraceStore(tmp_path / "t.jsonl").read()[0].tool_steps == [step]
+
+
 def test_resume_with_other_eval_tasks_stops_and_names_both_ways_out(tmp_path):
     train, test = calculator.make_tasks(6, "train"), calculator.make_tasks(2, "test")
     config = DistillConfig()

@@ -194,7 +194,7 @@ class TraceRecorder(BaseCallbackHandler):
     def to_trace(self, task: Task, state: Any = None, *, sample: int = 0, started_at: float | None = None,
                  duration_s: float = 0.0, error: str | None = None, environment_state: Any = None,
                  stopped: str | None = None) -> Trace:
-        """The `Trace` of this run on ``task``; ``state`` is the graph's final state (None when the run failed),
+        """The `Trace` of this run on ``task``; ``state`` is the graph's latest state (None when the run failed before it),
         ``environment_state`` the run's environment state, which a task verifier taking ``state`` is given."""
         steps = [step for step in self.steps if step is not None]
         messages = state.get("messages", []) if isinstance(state, dict) else []
@@ -286,10 +286,17 @@ async def _run_one(environment: EnvironmentFactory, task: Task, sample: int, bou
         started_at, start = time.time(), time.perf_counter()
         state = None
         env = await asyncio.to_thread(environment)
+
+        async def run_graph() -> None:
+            # The latest state, not invoke's result: a stopped run keeps the tool results it got (ToolNode's answer
+            # to a call of an unknown tool is in no tool callback).
+            nonlocal state
+            async for state in env.agent.astream({"messages": [("user", task.input)]},
+                                                 config={"callbacks": [recorder]}, stream_mode="values"):
+                pass
+
         try:
-            state = await asyncio.wait_for(
-                env.agent.ainvoke({"messages": [("user", task.input)]}, config={"callbacks": [recorder]}),
-                bounds.timeout_s)
+            await asyncio.wait_for(run_graph(), bounds.timeout_s)
         except Exception as e:
             message = f"no result within {bounds.timeout_s} s" if isinstance(e, TimeoutError) else str(e)
             stopped = e.reason if isinstance(e, RunStopped) else "timeout" if isinstance(e, TimeoutError) else None
