@@ -32,6 +32,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
+from filelock import FileLock
+
 from mentor_agents.environment import EnvironmentFactory
 from mentor_agents.errors import InvalidInputError, StageError
 from mentor_agents.evaluation import Metrics, comparison_table, evaluate_traces, plot_reward_curve, plot_success
@@ -602,25 +604,43 @@ class RunState:
         if run.exists() and not run.is_dir():
             raise InvalidInputError(f"run directory {run} is a file; give a directory (it is created if missing)")
         run.mkdir(parents=True, exist_ok=True)
-        path = run / "state.json"
-        if not resume or not path.exists():
-            return cls(run)
+        state = cls(run)
+        if resume:
+            state.done = state._read()
+        else:
+            with state._lock():
+                state._write()
+        return state
+
+    def mark(self, stage: str, **info: Any) -> None:
+        """Record ``stage`` as finished; paths inside the run directory in ``info`` are stored relative to it, so
+        the directory still works when moved or opened from another working directory. Processes that share a run
+        directory (each running other stages) keep each other's marks."""
+        with self._lock():
+            self.done = {**self._read(), **self.done,
+                         stage: {key: self.relative(value) for key, value in info.items()} or True}
+            self._write()
+
+    def _lock(self) -> FileLock:
+        return FileLock(self.dir / "state.json.lock")
+
+    def _read(self) -> dict[str, Any]:
+        path = self.dir / "state.json"
+        if not path.exists():
+            return {}
         try:
             data = json.loads(path.read_text())
         except (ValueError, RecursionError) as e:
             raise InvalidInputError(f"{path}: not valid JSON ({e}); delete it to run every stage again") from None
         if not isinstance(data, dict) or not isinstance(data.get("done", {}), dict):
             raise InvalidInputError(
-                f"{path}: not a run state (expected {{\"version\": {cls.VERSION}, \"done\": {{...}}}})")
-        if data.get("version") != cls.VERSION:
+                f"{path}: not a run state (expected {{\"version\": {self.VERSION}, \"done\": {{...}}}})")
+        if data.get("version") != self.VERSION:
             raise StageError(f"{path} was written by an incompatible mentor_agents (state version "
-                             f"{data.get('version')!r}, this one reads {cls.VERSION}); use a new run_dir")
-        return cls(run, data.get("done", {}))
+                             f"{data.get('version')!r}, this one reads {self.VERSION}); use a new run_dir")
+        return data.get("done", {})
 
-    def mark(self, stage: str, **info: Any) -> None:
-        """Record ``stage`` as finished; paths inside the run directory in ``info`` are stored relative to it, so
-        the directory still works when moved or opened from another working directory."""
-        self.done[stage] = {key: self.relative(value) for key, value in info.items()} or True
+    def _write(self) -> None:
         write_json_atomic(self.dir / "state.json", {"version": self.VERSION, "done": self.done})
 
     def relative(self, value: Any) -> Any:

@@ -1,6 +1,7 @@
 """Traces for the store tests, and a writer for the multi-writer ones, in their own module: a spawned process must
 import the writer by a top-level name (the tests folder is on its ``sys.path``; the ``tests`` package is not)."""
 
+from mentor_agents.distill import RunState
 from mentor_agents.tasks import NumericMatch
 from mentor_agents.messages import ToolCall
 from mentor_agents.traces import ModelStep, ToolStep, Trace, TraceStore
@@ -34,3 +35,10 @@ def append_many(path: str, prefix: str, count: int, payload: int) -> None:
     store = TraceStore(path)
     for i in range(count):
         store.append(make_trace(f"{prefix}{i}").model_copy(update={"metadata": {"pad": "x" * payload}}))
+
+
+def mark_many(run_dir: str, prefix: str, count: int) -> None:
+    state = RunState.open(run_dir)
+    for i in range(count):
+        state.mark(f"{prefix}{i}", step=i)
+

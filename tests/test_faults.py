@@ -263,6 +263,29 @@ def test_state_tasks_references_metrics_and_report_writes_are_atomic(tmp_path, m
     assert len(load_references(tmp_path / "references.jsonl")) == 1 and len(read_tasks(tmp_path / "tasks.jsonl")) == 1
 
 
+def test_processes_sharing_a_run_directory_keep_each_others_stages(tmp_path):
+    import multiprocessing
+
+    from store_writers import mark_many
+
+    first, second = RunState.open(tmp_path), RunState.open(tmp_path)
+    first.mark("tasks")
+    second.mark("untrained")
+    assert set(RunState.open(tmp_path).done) == {"tasks", "untrained"}
+
+    context = multiprocessing.get_context("spawn")
+    writers = [context.Process(target=mark_many, args=(str(tmp_path), prefix, 60)) for prefix in ("sft", "grpo")]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join()
+    assert [w.exitcode for w in writers] == [0, 0]
+    done = RunState.open(tmp_path).done
+    assert set(done) == {"tasks", "untrained"} | {f"{p}{i}" for p in ("sft", "grpo") for i in range(60)}
+    assert done["grpo59"] == {"step": 59}
+    assert RunState.open(tmp_path, resume=False).done == {} and RunState.open(tmp_path).done == {}
+
+
 def test_adapter_merged_and_export_writes_are_atomic(tiny, tmp_path, monkeypatch):
     from peft import LoraConfig, get_peft_model
 
