@@ -279,24 +279,23 @@ class Bounds:
     stop_loops: bool = False
 
 
+async def _stream_states(agent: Any, user_input: str, recorder: TraceRecorder, latest: list[Any]) -> None:
+    """Runs ``agent`` on ``user_input``, keeping its latest state in ``latest[0]``: a run stopped midway keeps the
+    tool results it was shown (ToolNode's answer to a call of an unknown tool is in no tool callback)."""
+    async for latest[0] in agent.astream({"messages": [("user", user_input)]}, config={"callbacks": [recorder]},
+                                         stream_mode="values"):
+        pass
+
+
 async def _run_one(environment: EnvironmentFactory, task: Task, sample: int, bounds: Bounds) -> Trace:
     attempt = 0
     while True:
         recorder = TraceRecorder(bounds.max_turns, bounds.stop_loops)
         started_at, start = time.time(), time.perf_counter()
-        state = None
+        latest: list[Any] = [None]
         env = await asyncio.to_thread(environment)
-
-        async def run_graph() -> None:
-            # The latest state, not invoke's result: a stopped run keeps the tool results it got (ToolNode's answer
-            # to a call of an unknown tool is in no tool callback).
-            nonlocal state
-            async for state in env.agent.astream({"messages": [("user", task.input)]},
-                                                 config={"callbacks": [recorder]}, stream_mode="values"):
-                pass
-
         try:
-            await asyncio.wait_for(run_graph(), bounds.timeout_s)
+            await asyncio.wait_for(_stream_states(env.agent, task.input, recorder, latest), bounds.timeout_s)
         except Exception as e:
             message = f"no result within {bounds.timeout_s} s" if isinstance(e, TimeoutError) else str(e)
             stopped = e.reason if isinstance(e, RunStopped) else "timeout" if isinstance(e, TimeoutError) else None
@@ -305,12 +304,12 @@ async def _run_one(environment: EnvironmentFactory, task: Task, sample: int, bou
                 await asyncio.sleep(bounds.backoff_s * 2**attempt)
                 attempt += 1
                 continue
-            trace = recorder.to_trace(task, state, sample=sample, started_at=started_at,
+            trace = recorder.to_trace(task, latest[0], sample=sample, started_at=started_at,
                                       duration_s=time.perf_counter() - start,
                                       error=f"{type(e).__name__}: {message}", stopped=stopped)
         else:
             # The verdict is taken on this run's environment, before it is closed.
-            trace = recorder.to_trace(task, state, sample=sample, started_at=started_at,
+            trace = recorder.to_trace(task, latest[0], sample=sample, started_at=started_at,
                                       duration_s=time.perf_counter() - start, environment_state=env.state)
         finally:
             if env.close is not None:
