@@ -194,7 +194,7 @@ class TraceRecorder(BaseCallbackHandler):
     def to_trace(self, task: Task, state: Any = None, *, sample: int = 0, started_at: float | None = None,
                  duration_s: float = 0.0, error: str | None = None, environment_state: Any = None,
                  stopped: str | None = None) -> Trace:
-        """The `Trace` of this run on ``task``; ``state`` is the graph's latest state (None when the run failed before it),
+        """The `Trace` of this run on ``task``; ``state`` is the graph's latest state (None before its first),
         ``environment_state`` the run's environment state, which a task verifier taking ``state`` is given."""
         steps = [step for step in self.steps if step is not None]
         messages = state.get("messages", []) if isinstance(state, dict) else []
