@@ -41,4 +41,3 @@ def mark_many(run_dir: str, prefix: str, count: int) -> None:
     state = RunState.open(run_dir)
     for i in range(count):
         state.mark(f"{prefix}{i}", step=i)
-
