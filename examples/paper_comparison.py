@@ -7,7 +7,7 @@ OMP_NUM_THREADS=1 python examples/paper_comparison.py --quick --out /tmp/smoke  
 OMP_NUM_THREADS=1 python examples/paper_comparison.py --sweep                            # recipe grid on the dev split
 OMP_NUM_THREADS=1 python examples/paper_comparison.py --seeds 0 &                         # one process per core:
 OMP_NUM_THREADS=1 python examples/paper_comparison.py --seeds 1 &                         # seeds share one results dir
-python examples/paper_comparison.py --report-only                                         # tables from the run dirs
+python examples/paper_comparison.py --report-only                                         # tables from the record
 ```
 The launch plan with its CPU-hour estimate is ``examples/results/mentor_comparison/README.md``. The old, small run
 (``examples/results/paper_comparison/``) was made by an earlier version of this script.
@@ -36,7 +36,10 @@ Splits, the same seeded tasks for every model of a seed: calculator ``test`` (in
 Resumable: each (teacher, seed) has ``<out>/runs/teacher<T>-seed<S>/`` whose ``state.json`` records every finished
 stage with its process CPU seconds; training resumes from its last checkpoint, evaluations task by task. Two
 processes may share ``--out`` when they run different seeds (or teachers): each writes only its own run directory,
-and the report files are rewritten under a file lock, atomically.
+and the report files are rewritten under a file lock, atomically. ``<out>/results.json`` is the record: the report
+is built from it, each stage replaced by the same stage of a run directory, so it outlives the run directories
+(copy the committed one into a new ``--out`` to add runs to it). ``--methods untrained`` alone calls no teacher, so
+it can run on a teacher's splits after that teacher's endpoint is gone.
 """
 
 from __future__ import annotations
@@ -223,11 +226,15 @@ class Comparison:
 
     # --- stages
 
-    def prepare(self) -> None:
-        """Tasks, teacher traces and references, and the teachers' runs on every split (the eval references)."""
+    def prepare(self, teacher: bool = True) -> None:
+        """Tasks; with ``teacher``, also the teacher's traces and references and the teachers' runs on every split
+        (the eval references)."""
         state = self.run.state
         if "tasks" not in state.done:
             state.save_tasks(make_splits(self.teacher_name, self.scale, self.seed))
+        if not teacher:
+            self.run.splits = state.load_tasks()
+            return
         cpu = time.process_time()
         traces, references = self.run.record(self.teacher, state.load_tasks())
         # Teacher B sometimes describes a call in prose and still ends with the right number: not a run to imitate.
@@ -289,7 +296,9 @@ class Comparison:
         return result.model, result.tokenizer
 
     def run_methods(self, methods: list[str]) -> None:
-        self.prepare()
+        """Train and evaluate ``methods``. ``untrained`` alone calls no teacher (its tool-set match and argument
+        accuracy against the teacher's runs are then not scored)."""
+        self.prepare(teacher=methods != ["untrained"])
         for name in methods:
             if all(f"eval:{name}:{s}" in self.run.state.done for s in SPLITS):
                 continue
@@ -371,13 +380,15 @@ def dynamics(rows: list[dict]) -> list[dict]:
 
 
 def collect(out: Path) -> dict[str, Any]:
-    """Every finished stage of every run directory under ``out/runs`` (sweep cells apart)."""
-    runs: dict[str, Any] = {}
+    """Every finished stage (sweep cells apart): those of ``out/results.json``, the record that outlives the run
+    directories, each replaced by the same stage of a run directory under ``out/runs``."""
+    record = out / "results.json"
+    runs: dict[str, Any] = json.loads(record.read_text())["runs"] if record.exists() else {}
     for state in sorted((out / "runs").glob("*/state.json")):
         done = json.loads(state.read_text())["done"]
-        evals: dict[str, dict] = {}
-        training: dict[str, dict] = {}
-        cpu: dict[str, float] = {}
+        run = runs.setdefault(state.parent.name, {"teacher_train": None, "evaluation": {}, "endings": {},
+                                                  "training": {}})
+        run["teacher_train"] = done.get("teacher:train") or run["teacher_train"]
         for key, info in done.items():
             kind, _, rest = key.partition(":")
             if kind not in ("eval", "train") or rest.startswith("sweep/"):
@@ -386,22 +397,24 @@ def collect(out: Path) -> dict[str, Any]:
                 model, split = rest.rsplit(":", 1)
                 if split == "dev":  # the sweep's baseline, not a result
                     continue
-                evals.setdefault(model, {})[split] = info
-                cpu[model] = cpu.get(model, 0.0) + info.get("cpu_s", 0.0)
+                run["evaluation"].setdefault(model, {})[split] = info
+                if split not in BFCL_SPLITS:
+                    run["endings"].setdefault(model, {})[split] = run_endings(
+                        state.parent / "eval" / f"{method_dir(model)}-{split}.jsonl", set(info["outcomes"]))
                 continue
             steps = dynamics(read_metrics(state.parent / info["metrics"]))  # stored relative to the run
-            training[rest] = {"method": info.get("method"), "reward": info.get("reward"), "cpu_s": info["cpu_s"],
-                              "steps": len(steps), "curves": {k: [s.get(k) for s in steps] for k in
-                                                              sorted({k for s in steps for k in s})
-                                                              if k in DYNAMICS or k.startswith("reward/")}}
-            cpu[rest] = cpu.get(rest, 0.0) + info["cpu_s"]
-        endings = {model: {split: run_endings(state.parent / "eval" / f"{method_dir(model)}-{split}.jsonl",
-                                             set(info["outcomes"]))
-                           for split, info in by_split.items() if split not in BFCL_SPLITS}
-                   for model, by_split in evals.items()}
-        runs[state.parent.name] = {"teacher_train": done.get("teacher:train"), "evaluation": evals,
-                                   "endings": endings, "training": training,
-                                   "cpu_hours": {m: s / 3600 for m, s in cpu.items()}}
+            logged = sorted({k for s in steps for k in s})
+            run["training"][rest] = {"method": info.get("method"), "reward": info.get("reward"),
+                                     "cpu_s": info["cpu_s"], "steps": len(steps),
+                                     "curves": {k: [s.get(k) for s in steps] for k in logged
+                                                if k in DYNAMICS or k.startswith("reward/")}}
+    for run in runs.values():
+        cpu: dict[str, float] = {}
+        for model, by_split in run["evaluation"].items():
+            cpu[model] = sum(info.get("cpu_s", 0.0) for info in by_split.values())
+        for key, trained in run["training"].items():
+            cpu[key] = cpu.get(key, 0.0) + trained["cpu_s"]
+        run["cpu_hours"] = {m: s / 3600 for m, s in cpu.items()}
     return runs
 
 

@@ -3,6 +3,7 @@ split, the warm-started RL methods, the recipe sweep on the dev split, the paire
 
 import importlib.util
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -57,6 +58,22 @@ def test_quick_comparison_runs_every_method_and_split_and_reports_paired_differe
     assert len(sweep_evals) == 2 and all(k.endswith(":dev") for k in sweep_evals)
     assert "sweep" not in report and (tmp_path / "sweep.md").read_text().count("| lr=") == 2
 
+    (tmp_path / "results.md").unlink()
+    comparison.main(["--report-only", "--out", str(tmp_path)])
+    assert json.loads((tmp_path / "results.json").read_text())["runs"]["teacherA-seed0"] == run
+    assert (tmp_path / "results.md").read_text() == report
+
+    # `untrained` alone calls no teacher: it runs on teacher B's splits with B's endpoint unreachable (the tiny
+    # student is fitted to a teacher's traces, so it is copied in).
+    run_b = tmp_path / "b" / "runs" / "teacherB-seed0"
+    shutil.copytree(tmp_path / "runs" / "teacherA-seed0" / "student", run_b / "student")
+    comparison.main(["--quick", "--out", str(tmp_path / "b"), "--skip-teacher-a", "--teacher-b-url",
+                     "http://127.0.0.1:9/v1", "--methods", "untrained"])
+    done = json.loads((run_b / "state.json").read_text())["done"]
+    assert {k for k in done if k.startswith(("eval:", "teacher"))} == {f"eval:untrained:{s}" for s in comparison.SPLITS}
+
+    # results.json is the record: with the run directory gone, --report-only writes the same report from it.
+    shutil.rmtree(tmp_path / "runs")
     (tmp_path / "results.md").unlink()
     comparison.main(["--report-only", "--out", str(tmp_path)])
     assert json.loads((tmp_path / "results.json").read_text())["runs"]["teacherA-seed0"] == run
