@@ -226,9 +226,9 @@ class Comparison:
 
     # --- stages
 
-    def prepare(self, teacher: bool = True) -> None:
-        """Tasks; with ``teacher``, also the teacher's traces and references and the teachers' runs on every split
-        (the eval references)."""
+    def prepare(self, teacher: bool = True, teacher_evals: bool = True) -> None:
+        """Tasks; with ``teacher``, also the teacher's traces and references, and with ``teacher_evals`` the
+        teachers' runs on every split (the eval references)."""
         state = self.run.state
         if "tasks" not in state.done:
             state.save_tasks(make_splits(self.teacher_name, self.scale, self.seed))
@@ -246,6 +246,8 @@ class Comparison:
                        references=len(self.run.references), verdicts=summary.verdicts,
                        calls_per_task=summary.calls_per_task, parsed_from_text=summary.parsed_from_text,
                        cpu_s=time.process_time() - cpu)
+        if not teacher_evals:
+            return
         for split in (*CALCULATOR_SPLITS, "dev", "inventory"):
             # The inventory references come from its own scripted expert (the calculator teacher has no such tools).
             if split == "inventory":
@@ -295,10 +297,11 @@ class Comparison:
         log(f"[{self.run.dir.name}] {key} ready in {time.process_time() - cpu:.0f} CPU s")
         return result.model, result.tokenizer
 
-    def run_methods(self, methods: list[str]) -> None:
-        """Train and evaluate ``methods``. ``untrained`` alone calls no teacher (its tool-set match and argument
-        accuracy against the teacher's runs are then not scored)."""
-        self.prepare(teacher=methods != ["untrained"])
+    def run_methods(self, methods: list[str], teacher_evals: bool = True) -> None:
+        """Train and evaluate ``methods``. ``untrained`` alone calls no teacher, and without ``teacher_evals`` the
+        teacher only records its traces; either way the students' tool-set match and argument accuracy against the
+        teacher's runs are then not scored (the report shows neither)."""
+        self.prepare(teacher=methods != ["untrained"], teacher_evals=teacher_evals)
         for name in methods:
             if all(f"eval:{name}:{s}" in self.run.state.done for s in SPLITS):
                 continue
@@ -685,6 +688,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--teacher-b-url", help="OpenAI-compatible endpoint of teacher B (e.g. llama.cpp)")
     parser.add_argument("--teacher-b-model", default="qwen-teacher")
     parser.add_argument("--skip-teacher-a", action="store_true")
+    parser.add_argument("--skip-teacher-evals", action="store_true",
+                        help="record the teacher's traces but do not run it on the eval splits: for adding methods "
+                             "to a run whose teacher evaluation results.json already holds")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args(argv)
     for name in args.methods:
@@ -716,7 +722,8 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             for seed in args.seeds:
                 log(f"teacher {name}, seed {seed}, {scale_name}, recipe {recipe}")
-                Comparison(args.out, name, teacher, seed, scale, recipe, bfcl_data).run_methods(args.methods)
+                comparison = Comparison(args.out, name, teacher, seed, scale, recipe, bfcl_data)
+                comparison.run_methods(args.methods, teacher_evals=not args.skip_teacher_evals)
                 write_outputs(args.out)
     log(f"done in {time.process_time() - cpu:.0f} CPU s")
 

@@ -1,6 +1,7 @@
 """The comparison script (examples/paper_comparison.py) end to end in its --quick mode on the tiny student: every
 split, the warm-started RL methods, the recipe sweep on the dev split, the paired tables, and --report-only."""
 
+import contextlib
 import importlib.util
 import json
 import shutil
@@ -78,6 +79,18 @@ def test_quick_comparison_runs_every_method_and_split_and_reports_paired_differe
     comparison.main(["--report-only", "--out", str(tmp_path)])
     assert json.loads((tmp_path / "results.json").read_text())["runs"]["teacherA-seed0"] == run
     assert (tmp_path / "results.md").read_text() == report
+
+
+def test_skip_teacher_evals_records_the_teacher_and_runs_it_on_no_split(tmp_path):
+    comparison = script()
+    with contextlib.ExitStack() as stack:
+        [(name, teacher)] = comparison.teachers(stack, comparison.parse_args(["--quick", "--skip-teacher-evals"]))
+        run = comparison.Comparison(tmp_path, name, teacher, 0, comparison.SCALES["quick"],
+                                    comparison.RECIPES["quick"])
+        run.prepare(teacher_evals=False)
+    done = json.loads((tmp_path / "runs" / "teacherA-seed0" / "state.json").read_text())["done"]
+    assert {"traces", "teacher:train"} <= set(done) and not [k for k in done if k.startswith("eval:")]
+    assert len(run.run.traces) == comparison.SCALES["quick"].train
 
 
 def test_the_swept_recipe_is_the_best_dev_cell_and_a_tie_goes_to_the_larger_reward_rise(tmp_path):
