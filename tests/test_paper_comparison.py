@@ -84,7 +84,7 @@ def test_quick_comparison_runs_every_method_and_split_and_reports_paired_differe
 def test_skip_teacher_evals_records_the_teacher_and_runs_it_on_no_split(tmp_path):
     comparison = script()
     with contextlib.ExitStack() as stack:
-        [(name, teacher)] = comparison.teachers(stack, comparison.parse_args(["--quick", "--skip-teacher-evals"]))
+        [(name, teacher)] = comparison.teachers(stack, comparison.parse_args(["--quick"]))
         run = comparison.Comparison(tmp_path, name, teacher, 0, comparison.SCALES["quick"],
                                     comparison.RECIPES["quick"])
         run.prepare(teacher_evals=False)
