@@ -277,7 +277,7 @@ class Run:
         if "traces" not in self.state.done:
             raise StageError(f"{self.dir} has no recorded traces; run `mentor record` first")
         self.splits = self.state.load_tasks()
-        self.traces = self_consistency(TraceStore(self.dir / "traces.jsonl").read(skip_invalid=True))
+        self.traces = self_consistency(split_traces(TraceStore(self.dir / "traces.jsonl"), self.splits["train"]))
         self.references = load_references(self.dir / "references.jsonl",
                                           verifiers=custom_verifiers(self.splits["train"]))
 
@@ -447,15 +447,15 @@ def record_teacher(run: RunState, adapter: AgentAdapter, splits: dict[str, list[
     """Teacher traces on the train split (``traces.jsonl``, resumed task by task) and their references."""
     store = TraceStore(run.dir / "traces.jsonl")
     if traces is not None and as_store(traces).path.resolve() != store.path.resolve() and "traces" not in run.done:
-        recorded = store.recorded_keys()
-        for trace in as_store(traces).read(skip_invalid=True):
-            if trace.key not in recorded:
+        recorded, train = store.runs(), {task.id for task in splits["train"]}
+        for key, trace in as_store(traces).runs().items():
+            if key not in recorded and trace.task_id in train:
                 store.append(trace)
     checkable = all(t.verifier is not None and t.ground_truth is not None for t in splits["train"])
     samples = 1 if checkable else config.consistency_samples
     adapter.record(splits["train"], store, model=teacher_model, samples=samples,
                    concurrency=config.concurrency, timeout_s=config.timeout_s)
-    teacher_traces = self_consistency(store.read(skip_invalid=True))
+    teacher_traces = self_consistency(split_traces(store, splits["train"]))
     run.mark("traces")
     references = build_references(teacher_traces, verifiers=custom_verifiers(splits["train"]))
     save_references(references, run.dir / "references.jsonl")
@@ -522,8 +522,15 @@ def eval_traces(run: RunState, adapter: AgentAdapter, model_name: str, split: st
     store = TraceStore(run.dir / "eval" / f"{model_name.replace(' ', '_').replace('+', '_')}-{split}.jsonl")
     adapter.record(splits[split], store, model=model, concurrency=max(config.concurrency, config.eval_batch_size),
                    timeout_s=config.timeout_s, **bounded_run(config.train.max_turns, teacher=model_name == "teacher"))
-    wanted = {t.id for t in splits[split]}
-    return [t for t in store.read(skip_invalid=True) if t.task_id in wanted]
+    return split_traces(store, splits[split])
+
+
+def split_traces(store: TraceStore, tasks: Sequence[Task]) -> list[Trace]:
+    """The stored runs of ``tasks``, in task then sample order: the same list whichever order concurrent runs
+    finished in, so the same traces give the same SFT batches and GRPO prompts."""
+    order = {task.id: i for i, task in enumerate(tasks)}
+    runs = [(key, trace) for key, trace in store.runs().items() if key[0] in order]
+    return [trace for key, trace in sorted(runs, key=lambda run: (order[run[0][0]], run[0][1]))]
 
 
 def bounded_run(max_turns: int, teacher: bool) -> dict[str, Any]:

@@ -29,7 +29,7 @@ def verified_traces(run_dir: str | os.PathLike[str]) -> list[Trace]:
     store = Path(run_dir) / "traces.jsonl"
     if not store.is_file():
         raise FileNotFoundError(f"{store} does not exist: record teacher traces first (`mentor record`)")
-    return [t for t in self_consistency(TraceStore(store).read(skip_invalid=True))
+    return [t for t in self_consistency(TraceStore(store).runs().values())
             if t.verdict == "correct" and t.error is None]
 
 

@@ -225,6 +225,15 @@ class TraceStore:
         traces, self.skipped = read_jsonl(self.path, Trace, skip_invalid)
         return traces
 
+    def runs(self) -> dict[tuple[str, int], Trace]:
+        """One trace per run, by (task id, sample), in the order the runs were first stored. A later trace of a run
+        replaces a failed one, never a completed one; invalid lines are skipped."""
+        runs: dict[tuple[str, int], Trace] = {}
+        for trace in self.read(skip_invalid=True):
+            if trace.key not in runs or (runs[trace.key].error is not None and trace.error is None):
+                runs[trace.key] = trace
+        return runs
+
     def recorded_keys(self) -> set[tuple[str, int]]:
         """(task id, sample) of every trace already stored, failed ones included; invalid lines are ignored."""
         return {trace.key for trace in self.read(skip_invalid=True)}

@@ -127,3 +127,26 @@ def test_an_evaluation_frees_its_runs_cached_turns_once_they_have_ended(tmp_path
     del chat, batcher  # the run does not keep a chat model's batcher, nor its model copy, alive
     gc.collect()
     assert len(run._batchers) == 0
+
+
+def test_given_traces_train_on_the_train_split_in_task_order_whatever_their_file_order(tmp_path):
+    from mentor_agents.distill import prepare_tasks
+    from mentor_agents.integrations.langgraph import record
+
+    agent, tasks = build_agent(ScriptedCalculatorTeacher()), make_tasks(10)
+    given = tmp_path / "given.jsonl"
+    record(agent, tasks, given, progress=False)
+    failed = TraceStore(given).read()[3].model_copy(update={"error": "timeout", "verdict": "wrong"})
+    lines = given.read_text().splitlines()
+    given.write_text("\n".join([failed.model_dump_json(), *reversed(lines)]) + "\n")
+
+    run = Run(tmp_path / "run", adapter_for(agent), "tiny", TINY)
+    splits = prepare_tasks(run.state, run.adapter, None, given, None, None, None, TINY)
+    traces, references = run.record(None, splits, given)
+    train = [task.id for task in splits["train"]]
+    assert splits["test"] and not {t.id for t in splits["test"]} & set(train)
+    assert [t.task_id for t in traces] == train and all(t.error is None for t in traces)
+    assert [r.task_id for r in references] == train
+    assert sorted(t.task_id for t in TraceStore(run.dir / "traces.jsonl").read()) == sorted(train)
+    run.load_recorded()
+    assert [t.task_id for t in run.traces] == train and [r.task_id for r in run.references] == train

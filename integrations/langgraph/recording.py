@@ -337,10 +337,7 @@ async def arecord(agent: Any, tasks: Sequence[Task | str], store: TraceStore | s
     elif tool_timeout_s is not None:
         environment = map_agent(environment, lambda graph: with_tool_timeout(graph, tool_timeout_s))
     bounds = Bounds(timeout_s, retries, backoff_s, max_turns, stop_loops)
-    stored: dict[tuple[str, int], Trace] = {}
-    for trace in store.read(skip_invalid=True):
-        if trace.key not in stored or (stored[trace.key].error is not None and trace.error is None):
-            stored[trace.key] = trace
+    stored = store.runs()
     if retry_failed:
         stored = {key: trace for key, trace in stored.items() if trace.error is None}
     keys = [(task, sample) for task in tasks for sample in range(samples)]
