@@ -178,7 +178,7 @@ def plot_success(results: Mapping[tuple[str, str], Metrics], path: str | Path) -
     models = list(dict.fromkeys(model for model, _ in results))
     splits = list(dict.fromkeys(split for _, split in results))
     width = 0.8 / max(1, len(models))
-    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(splits) * max(1, len(models)) / 2), 3.6))
+    fig, ax = plt.subplots(figsize=(min(16, max(5, 2 + 0.25 * len(splits) * len(models))), 3.6))
     for i, model in enumerate(models):
         xs, ys, errs = [], [], [[], []]
         for j, split in enumerate(splits):
@@ -193,7 +193,7 @@ def plot_success(results: Mapping[tuple[str, str], Metrics], path: str | Path) -
     ax.set_xticks([j + width * (len(models) - 1) / 2 for j in range(len(splits))], splits)
     ax.set_ylabel("task success")
     ax.set_ylim(0, 1.05)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1, 1))
     ax.set_title("Success by method and split")
     return save_figure(fig, path)
 
