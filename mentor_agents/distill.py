@@ -67,7 +67,10 @@ class AgentAdapter(Protocol):
 
     def record(self, tasks: Sequence[Task], store: TraceStore, *, model: Any = None, samples: int = 1,
                concurrency: int = 4, timeout_s: float = 300, retries: int = 3, max_turns: int | None = None,
-               stop_loops: bool = False) -> list[Trace]: ...
+               stop_loops: bool = False) -> list[Trace]:
+        """Run the ``samples`` runs of each task that ``store`` lacks, appending their traces; return every run of
+        ``tasks``, one trace each, in task then sample order."""
+        ...
 
     def synthesize_tasks(self, n: int, *, model: Any = None, seed: int = 0) -> list[Task]: ...
 
@@ -447,7 +450,7 @@ def record_teacher(run: RunState, adapter: AgentAdapter, splits: dict[str, list[
     """Teacher traces on the train split (``traces.jsonl``, resumed task by task) and their references."""
     store = TraceStore(run.dir / "traces.jsonl")
     if traces is not None and as_store(traces).path.resolve() != store.path.resolve() and "traces" not in run.done:
-        recorded, train = store.runs(), {task.id for task in splits["train"]}
+        recorded, train = store.recorded_keys(), {task.id for task in splits["train"]}
         for key, trace in as_store(traces).runs().items():
             if key not in recorded and trace.task_id in train:
                 store.append(trace)
@@ -520,17 +523,17 @@ def write_report(run: RunState, student: str, method: str, teacher_traces: list[
 def eval_traces(run: RunState, adapter: AgentAdapter, model_name: str, split: str,
                 splits: dict[str, list[Task]], model: Any, config: DistillConfig) -> list[Trace]:
     store = TraceStore(run.dir / "eval" / f"{model_name.replace(' ', '_').replace('+', '_')}-{split}.jsonl")
-    adapter.record(splits[split], store, model=model, concurrency=max(config.concurrency, config.eval_batch_size),
-                   timeout_s=config.timeout_s, **bounded_run(config.train.max_turns, teacher=model_name == "teacher"))
-    return split_traces(store, splits[split])
+    return adapter.record(splits[split], store, model=model,
+                          concurrency=max(config.concurrency, config.eval_batch_size), timeout_s=config.timeout_s,
+                          **bounded_run(config.train.max_turns, teacher=model_name == "teacher"))
 
 
 def split_traces(store: TraceStore, tasks: Sequence[Task]) -> list[Trace]:
     """The stored runs of ``tasks``, in task then sample order: the same list whichever order concurrent runs
     finished in, so the same traces give the same SFT batches and GRPO prompts."""
     order = {task.id: i for i, task in enumerate(tasks)}
-    runs = [(key, trace) for key, trace in store.runs().items() if key[0] in order]
-    return [trace for key, trace in sorted(runs, key=lambda run: (order[run[0][0]], run[0][1]))]
+    runs = {key: trace for key, trace in store.runs().items() if key[0] in order}
+    return [runs[key] for key in sorted(runs, key=lambda key: (order[key[0]], key[1]))]
 
 
 def bounded_run(max_turns: int, teacher: bool) -> dict[str, Any]:

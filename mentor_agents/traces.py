@@ -236,7 +236,7 @@ class TraceStore:
 
     def recorded_keys(self) -> set[tuple[str, int]]:
         """(task id, sample) of every trace already stored, failed ones included; invalid lines are ignored."""
-        return {trace.key for trace in self.read(skip_invalid=True)}
+        return set(self.runs())
 
 
 def last_line_start(f: BinaryIO, block: int = 1 << 20) -> int:
